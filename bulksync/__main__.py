@@ -1,0 +1,3 @@
+from bulksync.cli import main
+
+main()

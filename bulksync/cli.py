@@ -1,0 +1,216 @@
+"""The `bulksync` command: parse options, call the library, turn errors into messages and exits.
+
+Exit codes: 0 every row ok/unchanged/valid · 1 some rows failed or invalid · 2 usage or
+configuration error, nothing sent · 3 aborted part-way, re-run to resume.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import NoReturn, cast
+
+import click
+import orjson
+
+from .api import SyncOptions, sync
+from .errors import BulksyncError
+from .normalize import ColumnType, EmptyPolicy, NormalizeOptions
+from .results import STATUSES, Summary
+from .source import Format, SourceOptions, input_name
+
+TYPES = ("int", "float", "bool", "str")
+
+
+def _pairs(option: str, values: tuple[str, ...]) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        old, sep, new = value.partition("=")
+        if not sep or not old or not new:
+            raise click.BadParameter(f"{value!r} is not of the form NAME=VALUE", param_hint=option)
+        pairs[old] = new
+    return pairs
+
+
+def _types(values: tuple[str, ...]) -> dict[str, ColumnType]:
+    types = _pairs("--type", values)
+    for column, kind in types.items():
+        if kind not in TYPES:
+            raise click.BadParameter(
+                f"{column}={kind}: the type must be one of {', '.join(TYPES)}", param_hint="--type"
+            )
+    return cast(dict[str, ColumnType], types)
+
+
+def _delimiter(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = {"tab": "\t", "\\t": "\t"}.get(value.lower(), value)
+    if len(value) != 1:
+        raise click.BadParameter("must be a single character, or 'tab'", param_hint="--delimiter")
+    return value
+
+
+def _fail(exc: BulksyncError) -> NoReturn:
+    click.echo(f"bulksync: error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="bulksync")
+def main() -> None:
+    """Sync customer rows from CSV and JSONL files into Customer.io (Track API).
+
+    Credentials come from the environment: CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY.
+    """
+
+
+@main.command("sync")
+@click.argument("input_path", metavar="INPUT")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "jsonl"]),
+    help="Input format. Default: from the extension (.csv .tsv .jsonl .ndjson, each optionally"
+    " .gz); for stdin, JSONL if the first character is '{', else CSV.",
+)
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the input.")
+@click.option(
+    "--delimiter", help="CSV field delimiter, e.g. ';' or 'tab'. Default: ',' (tab for .tsv)."
+)
+@click.option(
+    "--id-column",
+    help="Column holding the identifier used in the URL. Default: 'id' if present, else 'email'.",
+)
+@click.option(
+    "--email-column", help="Column whose values are checked as email addresses. Default: 'email'."
+)
+@click.option(
+    "--date-column",
+    "date_columns",
+    multiple=True,
+    metavar="COL",
+    help="Convert COL to Unix seconds (repeatable). 'created_at' is always a date column.",
+)
+@click.option(
+    "--timezone",
+    default="UTC",
+    show_default=True,
+    help="Time zone of dates written without an offset (an IANA name like Europe/Paris).",
+)
+@click.option(
+    "--rename", multiple=True, metavar="OLD=NEW", help="Send column OLD as attribute NEW."
+)
+@click.option(
+    "--exclude", multiple=True, metavar="COL", help="Do not send column COL (repeatable)."
+)
+@click.option(
+    "--type",
+    "types",
+    multiple=True,
+    metavar="COL=TYPE",
+    help="Send COL as int, float, bool or str. CSV cells are strings unless typed.",
+)
+@click.option(
+    "--empty",
+    type=click.Choice(["skip", "clear"]),
+    default="skip",
+    show_default=True,
+    help='Empty cells: leave the attribute untouched (skip), or send "" to clear it (clear).',
+)
+@click.option("--update-only", is_flag=True, help="Only update existing people (_update: true).")
+@click.option(
+    "--results",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Results file (JSONL, one line per row). Default: INPUT.results.jsonl.",
+)
+@click.option("--dry-run", is_flag=True, help="Validate every row and write results; send nothing.")
+@click.option("--limit", type=click.IntRange(min=1), help="Process only the first N rows.")
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    default=20_000,
+    show_default=True,
+    help="Rows read and normalized at a time (bounds memory).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def sync_command(
+    input_path: str,
+    fmt: Format | None,
+    encoding: str,
+    delimiter: str | None,
+    id_column: str | None,
+    email_column: str | None,
+    date_columns: tuple[str, ...],
+    timezone: str,
+    rename: tuple[str, ...],
+    exclude: tuple[str, ...],
+    types: tuple[str, ...],
+    empty: EmptyPolicy,
+    update_only: bool,
+    results: Path | None,
+    dry_run: bool,
+    limit: int | None,
+    chunk_size: int,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Send every row of INPUT (a CSV or JSONL file, or - for stdin) to Customer.io.
+
+    Each row's outcome is written to the results file. With --dry-run nothing is sent: each row
+    is checked and its results line says 'valid' (with the exact payload that would be sent) or
+    'invalid' (with the reason).
+    """
+    options = SyncOptions(
+        source=SourceOptions(
+            format=fmt,
+            encoding=encoding,
+            delimiter=_delimiter(delimiter),
+            chunk_size=chunk_size,
+            limit=limit,
+        ),
+        normalize=NormalizeOptions(
+            id_column=id_column,
+            email_column=email_column,
+            date_columns=date_columns,
+            timezone=timezone,
+            rename=_pairs("--rename", rename),
+            exclude=frozenset(exclude),
+            types=_types(types),
+            empty=empty,
+            update_only=update_only,
+        ),
+        results=results,
+        dry_run=dry_run,
+    )
+    try:
+        summary = sync(input_path, options)
+    except BulksyncError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(orjson.dumps(summary.as_dict()).decode())
+    elif not quiet:
+        _print_summary(input_name(input_path), summary)
+    sys.exit(summary.exit_code)
+
+
+def _print_summary(name: str, summary: Summary) -> None:
+    what = "dry run of" if summary.dry_run else "sync of"
+    click.echo(
+        f"bulksync: {what} {name}: {summary.rows:,} rows in {summary.elapsed:.1f}s"
+        f" ({summary.rows_per_second:,.0f} rows/s)"
+    )
+    for status in STATUSES:
+        count = summary.counts.get(status, 0)
+        if count:
+            click.echo(f"  {status:<10}{count:>10,}")
+    click.echo(f"results: {summary.results_path}")
+    if summary.rows == 0:
+        click.echo("warning: the input has no data rows", err=True)
+    if summary.counts.get("invalid"):
+        click.echo(
+            f"next: see each invalid row's reason with grep '\"invalid\"' {summary.results_path}",
+        )
+    elif summary.dry_run and summary.rows:
+        click.echo("next: every row is valid; run again without --dry-run to send")
