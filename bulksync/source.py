@@ -17,7 +17,7 @@ import gzip
 import io
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -88,7 +88,7 @@ def detect_format(path: str, head: bytes) -> Format:
     return fmt
 
 
-def read_chunks(path: str, options: SourceOptions | None = None) -> Iterator[Chunk]:
+def read_chunks(path: str, options: SourceOptions | None = None) -> Generator[Chunk, None, None]:
     """Yield the input's rows in chunks of at most `options.chunk_size` rows."""
     options = options or SourceOptions()
     try:
