@@ -7,15 +7,17 @@ configuration error, nothing sent · 3 aborted part-way, re-run to resume.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import click
 import orjson
 
-from .api import SyncOptions, sync
+from .api import SyncOptions, check, sync
 from .errors import BulksyncError
 from .normalize import ColumnType, EmptyPolicy, NormalizeOptions
+from .pipeline import SendOptions
 from .results import STATUSES, Summary
 from .source import Format, SourceOptions, input_name
 
@@ -54,6 +56,40 @@ def _delimiter(value: str | None) -> str | None:
 def _fail(exc: BulksyncError) -> NoReturn:
     click.echo(f"bulksync: error: {exc}", err=True)
     sys.exit(exc.exit_code)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def connection_options(command: F) -> F:
+    """--region, --base-url and --timeout, shared by every command that talks to the API."""
+    for option in reversed(
+        [
+            click.option(
+                "--region",
+                type=click.Choice(["us", "eu"]),
+                default="us",
+                show_default=True,
+                envvar="CUSTOMERIO_REGION",
+                help="Your workspace's region (env CUSTOMERIO_REGION).",
+            ),
+            click.option(
+                "--base-url",
+                envvar="BULKSYNC_BASE_URL",
+                help="Track API base URL instead of the region's, e.g. a local simulator"
+                " (env BULKSYNC_BASE_URL). http:// only for loopback hosts.",
+            ),
+            click.option(
+                "--timeout",
+                type=click.FloatRange(min=0.1),
+                default=10.0,
+                show_default=True,
+                help="Seconds to wait for each answer before retrying.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -125,6 +161,27 @@ def main() -> None:
     help="Results file (JSONL, one line per row). Default: INPUT.results.jsonl.",
 )
 @click.option("--dry-run", is_flag=True, help="Validate every row and write results; send nothing.")
+@connection_options
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=100.0,
+    show_default=True,
+    help="Most requests started in any one-second window: your workspace's Track API limit."
+    " 0 removes the cap (only for a local simulator).",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="Requests in flight at once. Default: enough to reach --rate at 500 ms latency.",
+)
+@click.option(
+    "--max-retries",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Retries of a transient failure (429, 5xx, timeout, network) before the row fails.",
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Process only the first N rows.")
 @click.option(
     "--chunk-size",
@@ -151,6 +208,12 @@ def sync_command(
     update_only: bool,
     results: Path | None,
     dry_run: bool,
+    region: str,
+    base_url: str | None,
+    timeout: float,
+    rate: float,
+    concurrency: int | None,
+    max_retries: int,
     limit: int | None,
     chunk_size: int,
     quiet: bool,
@@ -158,9 +221,11 @@ def sync_command(
 ) -> None:
     """Send every row of INPUT (a CSV or JSONL file, or - for stdin) to Customer.io.
 
-    Each row's outcome is written to the results file. With --dry-run nothing is sent: each row
-    is checked and its results line says 'valid' (with the exact payload that would be sent) or
-    'invalid' (with the reason).
+    Each row becomes PUT /api/v1/customers/{id}, sent at up to --rate requests per second, with
+    transient failures retried. Each row's outcome is written to the results file.
+
+    With --dry-run nothing is sent: each row is checked and its results line says 'valid' (with
+    the exact payload that would be sent) or 'invalid' (with the reason).
     """
     options = SyncOptions(
         source=SourceOptions(
@@ -181,6 +246,14 @@ def sync_command(
             empty=empty,
             update_only=update_only,
         ),
+        send=SendOptions(
+            rate=rate or None,
+            concurrency=concurrency,
+            max_retries=max_retries,
+            timeout=timeout,
+            region=region,
+            base_url=base_url,
+        ),
         results=results,
         dry_run=dry_run,
     )
@@ -197,9 +270,10 @@ def sync_command(
 
 def _print_summary(name: str, summary: Summary) -> None:
     what = "dry run of" if summary.dry_run else "sync of"
+    requests = "" if summary.dry_run else f", {summary.requests:,} requests"
     click.echo(
         f"bulksync: {what} {name}: {summary.rows:,} rows in {summary.elapsed:.1f}s"
-        f" ({summary.rows_per_second:,.0f} rows/s)"
+        f" ({summary.rows_per_second:,.0f} rows/s{requests})"
     )
     for status in STATUSES:
         count = summary.counts.get(status, 0)
@@ -214,3 +288,51 @@ def _print_summary(name: str, summary: Summary) -> None:
         )
     elif summary.dry_run and summary.rows:
         click.echo("next: every row is valid; run again without --dry-run to send")
+
+
+@main.command("check")
+@connection_options
+def check_command(region: str, base_url: str | None, timeout: float) -> None:
+    """Verify the credentials in CUSTOMERIO_SITE_ID / CUSTOMERIO_API_KEY; print the region and
+    workspace id. Exit 0 when accepted, 3 when refused, 2 when missing."""
+    options = SendOptions(region=region, base_url=base_url, timeout=timeout)
+    try:
+        account = check(options)
+    except BulksyncError as exc:
+        _fail(exc)
+    account = account if isinstance(account, dict) else {}
+    click.echo(
+        f"credentials accepted: region {account.get('region', '?')},"
+        f" workspace (environment) id {account.get('environment_id', '?')},"
+        f" track URL {account.get('url', '?')}"
+    )
+
+
+@main.command("fake-server")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=0, help="Port to listen on (default: any free port).")
+@click.option("--site-id", default="site", show_default=True, help="Site ID the server accepts.")
+@click.option("--api-key", default="key", show_default=True, help="API key the server accepts.")
+@click.option("--rate-limit", type=float, help="Answer 429 past this many requests per second.")
+@click.option("--retry-after", type=float, help="Send Retry-After (seconds) with each 429.")
+@click.option("--latency", type=float, default=0.0, help="Seconds to wait before each answer.")
+@click.option("--jitter", type=float, default=0.0, help="Extra random latency, 0..N seconds.")
+@click.option("--fail-500", type=float, default=0.0, help="Fraction of requests answered 500.")
+@click.option("--fail-503", type=float, default=0.0, help="Fraction of requests answered 503.")
+@click.option("--fail-429", type=float, default=0.0, help="Fraction of requests answered 429.")
+@click.option("--drop", type=float, default=0.0, help="Fraction of connections dropped.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the faults.")
+def fake_server_command(**settings: Any) -> None:
+    """Run the local Track API simulator, for rehearsals and demos (Ctrl-C stops it).
+
+    Point bulksync at it with BULKSYNC_BASE_URL=http://127.0.0.1:PORT and the site id and key
+    given here as CUSTOMERIO_SITE_ID / CUSTOMERIO_API_KEY.
+    """
+    from .fake import FakeConfig, run_fake_server
+
+    host, port = settings.pop("host"), settings.pop("port")
+    try:
+        run_fake_server(FakeConfig(**settings), host=host, port=port)
+    except OSError as exc:
+        click.echo(f"bulksync: error: cannot listen on {host}:{port}: {exc.strerror}", err=True)
+        sys.exit(2)

@@ -3,10 +3,21 @@ subprocess, and (for sending) the local Track API simulator over loopback."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import orjson
 import pytest
+
+from bulksync.fake import FakeConfig, FakeTrackAPI
+
+T = TypeVar("T")
+SITE_ID = "site-123"
+# A recognisable secret: tests assert it never appears in any output or file.
+API_KEY = "sk-secret-9f8e7d6c5b4a"
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -20,3 +31,43 @@ def read_results(path: Path) -> list[dict[str, object]]:
 @pytest.fixture
 def results_path(tmp_path: Path) -> Path:
     return tmp_path / "out.results.jsonl"
+
+
+class ServerThread:
+    """The Track API simulator on its own event loop in a background thread, so the code under
+    test can run its own `asyncio.run()` (as the CLI does) against a real loopback socket."""
+
+    def __init__(self, config: FakeConfig) -> None:
+        self.fake = FakeTrackAPI(config)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.url = self._call(self.fake.start())
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    def close(self) -> None:
+        self._call(self.fake.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+@pytest.fixture
+def fake() -> Iterator[ServerThread]:
+    """A running simulator (credentials site/key); tests may change `fake.fake.config`."""
+    server = ServerThread(FakeConfig(site_id=SITE_ID, api_key=API_KEY))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def api_env(fake: ServerThread, monkeypatch: pytest.MonkeyPatch) -> ServerThread:
+    """The environment a user sets: credentials and the simulator's URL."""
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", SITE_ID)
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", API_KEY)
+    monkeypatch.setenv("BULKSYNC_BASE_URL", fake.url)
+    return fake

@@ -45,6 +45,7 @@ __all__ = [
 
 CUSTOMERS_PREFIX = "/api/v1/customers/"
 REGION_PATH = "/api/v1/accounts/region"
+STATS_PATH = "/_fake/stats"
 
 # Limits documented by Customer.io for v1 identify (see track-api.md, "Limits").
 MAX_IDENTIFIER_BYTES = 150
@@ -267,8 +268,21 @@ class FakeTrackAPI:
 
     # --- request pipeline ---------------------------------------------------------------------
 
+    def stats(self) -> dict[str, Any]:
+        """What the simulator saw, for a simulator in another process (GET /_fake/stats)."""
+        times = [rec.time for rec in self.requests]
+        return {
+            "requests": len(self.requests),
+            "statuses": dict(Counter(str(rec.status) for rec in self.requests)),
+            "peak_per_second": self.peak_per_second(),
+            "accepted": sum(len(bodies) for bodies in self.accepted().values()),
+            "span_seconds": max(times) - min(times) if times else 0.0,
+        }
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw_path = request.rel_url.raw_path  # keeps %2F and %25 exactly as the client sent them
+        if raw_path == STATS_PATH:  # the simulator's own inspection route: not recorded
+            return _json(200, self.stats())
         identifier = None
         if raw_path.startswith(CUSTOMERS_PREFIX):
             # Decode exactly once: the client sent quote(id, safe=""), so "%2540" means "%40".

@@ -1,0 +1,238 @@
+"""The Track API client: one aiohttp session per run, and one place that classifies every answer.
+
+Every response (or network failure) becomes a `Response` whose `kind` is the only thing the
+pipeline acts on:
+
+    OK         accepted
+    TRANSIENT  429, 408, 5xx, connection errors, timeouts: retry with backoff
+    TERMINAL   400 and other 4xx: the API refused this row; never retried
+    FATAL      401/403 (credentials refused) or a 3xx (wrong region): stop the whole run
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import ipaddress
+import os
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from .errors import CredentialsError, UsageError
+
+REGIONS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
+DEFAULT_TIMEOUT = 10.0  # seconds per request, like the official Python client
+
+
+class Kind(enum.Enum):
+    OK = "ok"
+    TRANSIENT = "transient"
+    TERMINAL = "terminal"
+    FATAL = "fatal"
+
+
+@dataclass(frozen=True)
+class Response:
+    """What one request came to. `error` is a one-line reason; `retry_after` is in seconds."""
+
+    kind: Kind
+    status: int | None
+    error: str | None = None
+    retry_after: float | None = None
+    body: Any = None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    site_id: str
+    api_key: str
+
+    @classmethod
+    def from_env(cls) -> Credentials:
+        """Read CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY: credentials never come from flags,
+        which would land in shell history and process listings."""
+        site_id = os.environ.get("CUSTOMERIO_SITE_ID", "").strip()
+        api_key = os.environ.get("CUSTOMERIO_API_KEY", "").strip()
+        missing = [
+            n
+            for n, v in (("CUSTOMERIO_SITE_ID", site_id), ("CUSTOMERIO_API_KEY", api_key))
+            if not v
+        ]
+        if missing:
+            raise CredentialsError(
+                f"{' and '.join(missing)} not set: export your workspace's Track API credentials"
+                " (Customer.io > Settings > API credentials) in the environment"
+            )
+        return cls(site_id, api_key)
+
+    def __repr__(self) -> str:  # never show the key, even in a traceback or a debugger
+        return f"Credentials(site_id={self.site_id!r}, api_key='***')"
+
+
+def resolve_base_url(region: str = "us", base_url: str | None = None) -> str:
+    """The Track API base URL for `region`, or `base_url` after checking it is safe to use."""
+    if base_url is None:
+        if region not in REGIONS:
+            raise UsageError(f"unknown region {region!r}: use us or eu")
+        return REGIONS[region]
+    url = URL(base_url)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise UsageError(f"--base-url {base_url!r}: expected http(s)://host[:port]")
+    if url.scheme == "http" and not _is_loopback(url.host):
+        # Plain HTTP would send the API key in clear text across a network.
+        raise UsageError(
+            f"--base-url {base_url!r}: plain http:// is only allowed for loopback hosts"
+        )
+    return str(url).rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def customer_path(identifier: str) -> str:
+    # Exactly the official Python client's encoding: every reserved character, "/" included.
+    return "/api/v1/customers/" + quote(identifier, safe="")
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date); None if absent/bad."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _api_error(body: Any) -> str | None:
+    """The message in an error body: {"meta": {"error": ...}} or {"meta": {"errors": [...]}}."""
+    if not isinstance(body, dict):
+        return None
+    meta = body.get("meta")
+    if isinstance(meta, dict):
+        if isinstance(meta.get("error"), str):
+            return str(meta["error"])
+        if isinstance(meta.get("errors"), list):
+            return "; ".join(str(e) for e in meta["errors"])
+    errors = body.get("errors")
+    if isinstance(errors, list):
+        return "; ".join(str(e.get("message", e) if isinstance(e, dict) else e) for e in errors)
+    return None
+
+
+def classify(status: int, body: Any, headers: Any) -> Response:
+    """Decide, once, what an HTTP answer means for the row and for the run."""
+    if 200 <= status < 300:
+        return Response(Kind.OK, status, body=body)
+    message = _api_error(body)
+    if 300 <= status < 400:
+        location = headers.get("Location", "?")
+        return Response(
+            Kind.FATAL,
+            status,
+            f"the API redirected to {location}: the workspace is probably in the other region"
+            " (try --region eu or --region us)",
+        )
+    if status in (401, 403):
+        return Response(
+            Kind.FATAL,
+            status,
+            f"credentials refused (HTTP {status}): check CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY",
+        )
+    if status in (408, 429) or status >= 500:
+        reason = "rate limited" if status == 429 else "server error"
+        return Response(
+            Kind.TRANSIENT,
+            status,
+            f"HTTP {status} {reason}" + (f": {message}" if message else ""),
+            retry_after=parse_retry_after(headers.get("Retry-After")),
+        )
+    return Response(Kind.TERMINAL, status, f"HTTP {status}: {message or 'request refused'}")
+
+
+class TrackClient:
+    """An aiohttp session for one run: keep-alive connections, auth header built once."""
+
+    def __init__(
+        self,
+        base_url: str,
+        credentials: Credentials,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        connections: int = 100,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        token = base64.b64encode(f"{credentials.site_id}:{credentials.api_key}".encode()).decode()
+        self._headers = {
+            "Authorization": f"Basic {token}",
+            "Content-Type": "application/json",
+            "User-Agent": "bulksync",
+        }
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        self._session = aiohttp.ClientSession(
+            headers=self._headers,
+            timeout=self._timeout,
+            connector=aiohttp.TCPConnector(limit=self._connections),
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(self, method: str, path: str, body: bytes | None = None) -> Response:
+        """Send one request and classify what comes back. Never raises for network trouble."""
+        assert self._session is not None, "use TrackClient as an async context manager"
+        # encoded=True: the path is already percent-encoded, and yarl must not turn %40 back
+        # into @ (the identifier would then be read differently by the API).
+        url = URL(self.base_url + path, encoded=True)
+        try:
+            async with self._session.request(method, url, data=body, allow_redirects=False) as resp:
+                raw = await resp.read()
+                return classify(resp.status, _json_or_none(raw), resp.headers)
+        except TimeoutError:
+            return Response(Kind.TRANSIENT, None, f"no answer within {self._timeout.total:g}s")
+        except aiohttp.ClientError as exc:
+            return Response(Kind.TRANSIENT, None, f"network error: {exc or type(exc).__name__}")
+
+    async def identify(self, identifier: str, attributes: dict[str, Any]) -> Response:
+        return await self.request("PUT", customer_path(identifier), orjson.dumps(attributes))
+
+    async def region(self) -> Response:
+        """GET /api/v1/accounts/region: the credentials check; body has region and url."""
+        return await self.request("GET", "/api/v1/accounts/region")
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        return None
