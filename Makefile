@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check bulksync tests bench
-	$(BIN)/ruff format --check bulksync tests bench
+	$(BIN)/ruff check bulksync tests bench scripts
+	$(BIN)/ruff format --check bulksync tests bench scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -23,10 +23,7 @@ test: lint typecheck
 	$(BIN)/pytest
 
 demo: $(STAMP)
-	$(BIN)/python -m bulksync sync samples/customers.csv --dry-run --results samples/customers.csv.results.jsonl; \
-	  echo "(exit code $$? : 1 means some rows are invalid, as the samples mean them to be)"
-	$(BIN)/python -m bulksync sync samples/customers.jsonl --dry-run --results samples/customers.jsonl.results.jsonl; \
-	  echo "(exit code $$?)"
+	$(BIN)/python scripts/demo.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

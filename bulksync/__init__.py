@@ -1,22 +1,27 @@
 """bulksync: sync customer rows from CSV and JSONL files into Customer.io's Track API."""
 
-from .api import SyncOptions, sync
+from .api import SyncOptions, check, sync
 from .errors import AbortError, BulksyncError, CredentialsError, InputError, UsageError
 from .normalize import NormalizeOptions, Record, Rejection
+from .pipeline import SendOptions
 from .results import Summary
 from .source import SourceOptions
+from .track import Credentials
 
 __all__ = [
     "AbortError",
     "BulksyncError",
+    "Credentials",
     "CredentialsError",
     "InputError",
     "NormalizeOptions",
     "Record",
     "Rejection",
+    "SendOptions",
     "SourceOptions",
     "Summary",
     "SyncOptions",
     "UsageError",
+    "check",
     "sync",
 ]

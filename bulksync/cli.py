@@ -261,6 +261,9 @@ def sync_command(
         summary = sync(input_path, options)
     except BulksyncError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        click.echo("bulksync: interrupted; every outcome so far is in the results file", err=True)
+        sys.exit(3)
     if as_json:
         click.echo(orjson.dumps(summary.as_dict()).decode())
     elif not quiet:
