@@ -84,7 +84,7 @@ def _dry_run(
     items: Iterator[Items], results_path: Path, progress: ProgressCallback | None
 ) -> dict[str, int]:
     with ResultsWriter(results_path) as results:
-        for chunk in items:
+        while (chunk := next(items, None)) is not None:
             for item in chunk:
                 if isinstance(item, Record):
                     line = outcome_line(item.row, item.identifier, "valid", payload=item.attributes)
@@ -95,6 +95,7 @@ def _dry_run(
             results.flush()
             if progress is not None:
                 progress(len(chunk))
+            del chunk  # free this chunk's rows before the next one is read
     return dict(results.counts)
 
 

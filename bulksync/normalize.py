@@ -239,8 +239,18 @@ def _where(mask: Mask, message: str) -> Objects:
 
 def _kinds(s: pd.Series, values: Objects) -> tuple[Mask, Mask]:
     """Which cells hold strings, and which hold JSON numbers (not booleans)."""
+    present = cast(Mask, pd.notna(values))
+    none = np.zeros(len(values), dtype=bool)
     if s.dtype != object:  # a CSV column: every present cell is a string
-        return cast(Mask, pd.notna(values)), np.zeros(len(values), dtype=bool)
+        return present, none
+    # infer_dtype scans in C: most JSONL columns hold one type, and need no per-cell Python.
+    inferred = pd.api.types.infer_dtype(values, skipna=True)
+    if inferred == "string":
+        return present, none
+    if inferred in ("integer", "floating", "mixed-integer-float"):
+        return none, present
+    if inferred in ("boolean", "empty"):
+        return none, none
     is_str = np.fromiter((type(v) is str for v in values), dtype=bool, count=len(values))
     is_number = np.fromiter(
         (type(v) is int or type(v) is float for v in values), dtype=bool, count=len(values)

@@ -236,6 +236,6 @@ def _read_jsonl(path: str, binary: BinaryIO, options: SourceOptions) -> Iterator
 
 def _frame(objects: list[dict[str, object]]) -> pd.DataFrame:
     # dtype=object keeps JSON types as they are: 42 stays int 42 (never 42.0 because a
-    # neighbouring row lacks the key), "01234" stays a string.
-    keys = list(dict.fromkeys(k for obj in objects for k in obj))
-    return pd.DataFrame({k: [obj.get(k) for obj in objects] for k in keys}, dtype=object)
+    # neighbouring row lacks the key; the missing cell is NaN, which normalize treats as empty),
+    # "01234" stays a string.
+    return pd.DataFrame(objects, dtype=object)

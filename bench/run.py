@@ -1,0 +1,462 @@
+"""Run bulksync's benchmarks and print their results as Markdown tables.
+
+    python bench/run.py [--only NAME] [--quick] [--out docs/benchmarks.md]
+
+Machines are shared and noisy, so each section reports RATIOS measured side by side in one run,
+with absolute figures for information only. Nothing here is asserted by the tests.
+
+To add a section: write `def bench_NAME(quick: bool) -> list[str]` returning Markdown blocks
+(tables, notes) and add it to the SECTIONS dict. Helpers: `data_file()` makes (or reuses)
+a generated input in bench/data/, `measure()` runs a command in a fresh process and returns its
+wall time and peak RSS, `table()` formats rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import json
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+DATA = BENCH / "data"
+sys.path.insert(0, str(BENCH))
+
+from gen import write  # noqa: E402
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def data_file(fmt: str, rows: int) -> Path:
+    """bench/data/customers-ROWS.FMT, generated unless a file with exactly `rows` rows exists."""
+    DATA.mkdir(exist_ok=True)
+    path = DATA / f"customers-{rows}.{fmt}"
+    if path.exists() and _data_rows(path) == rows:
+        return path
+    print(f"generating {path.relative_to(ROOT)} ...", file=sys.stderr, flush=True)
+    # Write to a temporary name then rename, so an interrupted run leaves no half-written file
+    # under the final name. gen.write picks the format by suffix: keep it.
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    write(tmp, rows)
+    tmp.replace(path)
+    return path
+
+
+def _data_rows(path: Path) -> int:
+    """Rows in a generated file: its newline count, less the header line for CSV."""
+    lines = 0
+    with path.open("rb") as f:
+        while block := f.read(1 << 24):
+            lines += block.count(b"\n")
+    return lines - 1 if path.suffix == ".csv" else lines
+
+
+# Runs argv[1:] in a child process and prints one JSON object: wall time, exit code, the child's
+# peak RSS (ru_maxrss of waited-for children: KiB on Linux) and its stderr. It runs in a fresh
+# interpreter so the measurement is isolated from this driver: ru_maxrss of a child that forks
+# counts the parent's pages copied at fork, and this wrapper is only a few MiB.
+_WRAPPER = """
+import json, resource, subprocess, sys, time
+t = time.perf_counter()
+p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+wall = time.perf_counter() - t
+kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"wall": wall, "rc": p.returncode, "maxrss_kib": kib,
+                  "stderr": p.stderr.decode(errors="replace")}))
+"""
+
+
+@dataclass(frozen=True)
+class Run:
+    wall: float  # seconds, process start to exit
+    peak_rss_mib: float
+
+
+class BenchError(Exception):
+    """A benchmarked command failed: the section's figures would mean nothing."""
+
+
+def measure(argv: Sequence[str], expect_rc: int = 0) -> Run:
+    """Run `argv` once in a fresh process; its wall time and peak RSS (children included)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, *argv],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    r = json.loads(out.stdout)
+    if r["rc"] != expect_rc:
+        raise BenchError(
+            f"{shlex.join(argv)} exited {r['rc']} (expected {expect_rc}); stderr:\n{r['stderr']}"
+        )
+    return Run(wall=r["wall"], peak_rss_mib=r["maxrss_kib"] / 1024)
+
+
+def median_run(argv: Sequence[str], repeat: int, expect_rc: int = 0) -> Run:
+    runs = [measure(argv, expect_rc) for _ in range(repeat)]
+    return Run(
+        wall=statistics.median(r.wall for r in runs),
+        peak_rss_mib=statistics.median(r.peak_rss_mib for r in runs),
+    )
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table; numbers right-aligned."""
+
+    def align(col: int) -> str:
+        numeric = all(isinstance(r[col], int | float) for r in rows)
+        return "---:" if numeric and rows else "---"
+
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(align(i) for i in range(len(header))) + "|",
+    ]
+    lines += ["| " + " | ".join(_cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def code_state() -> tuple[str, str]:
+    """(git commit, with a note if bulksync/ has uncommitted changes; digest of bulksync/*.py).
+
+    Other engineers edit bulksync/ while benchmarks run: the digest, taken before and after a
+    section, tells whether its figures mix two versions of the code.
+    """
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "bulksync").rglob("*.py")):
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--", "bulksync"):
+        commit += " + uncommitted changes in bulksync/"
+    return commit, digest.hexdigest()
+
+
+# --- sections --------------------------------------------------------------------------------
+
+ROWS_PER_SECOND_TARGET = 100_000
+RSS_GROWTH_TARGET = 1.2  # RSS at 10x the rows over RSS at 1x
+
+
+def bench_dryrun(quick: bool) -> list[str]:
+    """`bulksync sync FILE --dry-run --quiet`, CSV and JSONL, two sizes 10x apart."""
+    small, large = (10_000, 100_000) if quick else (100_000, 1_000_000)
+    repeat = 1 if quick else 3
+    runs: dict[tuple[str, int], Run] = {}
+    started = time.monotonic()
+    paths = {
+        (fmt, rows): data_file(fmt, rows) for fmt in ("csv", "jsonl") for rows in (small, large)
+    }
+    prepared = time.monotonic() - started
+    with tempfile.TemporaryDirectory(prefix="bulksync-bench-") as tmp:
+        results = Path(tmp) / "results.jsonl"
+        for (fmt, rows), path in paths.items():
+            argv = [sys.executable, "-m", "bulksync", "sync", str(path)]
+            argv += ["--dry-run", "--quiet", "--results", str(results)]
+            print(f"dryrun: {fmt} {rows:,} rows x{repeat} ...", file=sys.stderr, flush=True)
+            runs[fmt, rows] = median_run(argv, repeat)
+            results.unlink(missing_ok=True)
+
+    measured = table(
+        ["format", "rows", "wall s", "rows/s", "peak RSS MiB"],
+        [
+            [fmt, rows, r.wall, round(rows / r.wall), r.peak_rss_mib]
+            for (fmt, rows), r in runs.items()
+        ],
+    )
+    ratios = []
+    for fmt in ("csv", "jsonl"):
+        s, g = runs[fmt, small], runs[fmt, large]
+        speed = large / g.wall / ROWS_PER_SECOND_TARGET
+        growth = g.peak_rss_mib / s.peak_rss_mib
+        ratios.append(
+            [
+                fmt,
+                f"{speed:.2f}x" + ("" if speed >= 1 else " (below)"),
+                f"{growth:.2f}x" + ("" if growth <= RSS_GROWTH_TARGET else " (above)"),
+            ]
+        )
+    ratio_table = table(
+        [
+            "format",
+            f"rows/s at {large:,} / {ROWS_PER_SECOND_TARGET:,} target",
+            f"RSS({large:,}) / RSS({small:,}) (target ≤ {RSS_GROWTH_TARGET}x)",
+        ],
+        ratios,
+    )
+    note = (
+        f"Each figure is the median of {repeat} run(s) of `python -m bulksync sync FILE --dry-run"
+        " --quiet --results TMP`, each in a fresh process: wall time and rows/s include"
+        " interpreter start-up and imports; peak RSS is the process's ru_maxrss."
+        f" Input files: bench/data/ ({prepared:.0f} s to generate or check them)."
+    )
+    return ["## dryrun\n\n" + note, measured, ratio_table]
+
+
+# --- sending, against the simulator in its own process ---------------------------------------
+
+SITE_ID, API_KEY = "bench-site", "bench-key"
+SATURATION_TARGET = 0.97  # achieved rate over --rate
+CPU_RATIO_TARGET = 0.4  # bulksync's CPU per row over the official client's
+UNTHROTTLED_AIM = 2_000  # requests/s with no cap, latency 0
+
+
+@contextlib.contextmanager
+def simulator(*options: str) -> Iterator[str]:
+    """`bulksync fake-server` in a child process (so it does not share our GIL); yields its URL."""
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bulksync",
+            "fake-server",
+            "--port",
+            "0",
+            "--site-id",
+            SITE_ID,
+            "--api-key",
+            API_KEY,
+            *options,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert server.stdout is not None
+        yield server.stdout.readline().split(" listening on ")[1].split()[0]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def simulator_stats(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/_fake/stats") as answer:
+        stats: dict[str, Any] = json.load(answer)
+    return stats
+
+
+def send_bulksync(path: Path, url: str, rate: float | None) -> tuple[float, float, int]:
+    """bulksync.sync() in this process: (wall seconds, CPU seconds, requests)."""
+    from bulksync import Credentials, SendOptions, SyncOptions, sync
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = SyncOptions(
+            results=Path(tmp) / "results.jsonl", send=SendOptions(rate=rate, base_url=url)
+        )
+        wall, cpu = time.perf_counter(), time.process_time()
+        summary = sync(str(path), options, credentials=Credentials(SITE_ID, API_KEY))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if summary.exit_code != 0:
+        raise BenchError(f"bulksync sync ended with {summary.counts}")
+    return wall, cpu, summary.requests
+
+
+def send_official(path: Path, url: str) -> tuple[float, float]:
+    """customerio 3.x, `identify` in a loop as its README shows: (wall seconds, CPU seconds)."""
+    from customerio import CustomerIO
+
+    client = CustomerIO(SITE_ID, API_KEY)
+    client.base_url = f"{url}/api/v1"  # the official way to aim it elsewhere is its host/port
+    wall, cpu = time.perf_counter(), time.process_time()
+    with path.open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            client.identify(id=row.pop("id"), **row)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def bench_send(quick: bool) -> list[str]:
+    """PUT per row against the simulator: saturation at --rate 100 with 100 ms latency; the
+    official client side by side; CPU per row and unthrottled throughput at latency 0."""
+    rows = 600 if quick else 3_000
+    official_rows = 100 if quick else 300  # the official client sends one at a time: 10/s here
+    cpu_rows = 2_000 if quick else 10_000
+    blocks = [
+        "## send\n\nbulksync's library `sync()` runs in this process; the simulator"
+        " (`bulksync fake-server`) in its own, so neither shares the other's GIL or CPU count."
+    ]
+
+    path = data_file("csv", rows)
+    with simulator("--latency", "0.1", "--jitter", "0.02") as url:
+        wall, _, requests = send_bulksync(path, url, rate=100)
+        peak = simulator_stats(url)["peak_per_second"]
+    achieved = rows / wall
+    blocks.append("### Saturation: PUT per row, simulator latency 100 ms (+0-20 ms jitter)")
+    blocks.append(
+        table(
+            [
+                "rows",
+                "--rate",
+                "wall s",
+                "rows/s",
+                "achieved / rate",
+                "target",
+                "peak sliding second",
+            ],
+            [
+                [
+                    rows,
+                    100,
+                    wall,
+                    achieved,
+                    achieved / 100,
+                    f">= {SATURATION_TARGET}",
+                    f"{peak} (<= 100)",
+                ]
+            ],
+        )
+    )
+
+    small = data_file("csv", official_rows)
+    with simulator("--latency", "0.1") as url:
+        ours, _, _ = send_bulksync(small, url, rate=100)
+        theirs, _ = send_official(small, url)
+    blocks.append(
+        f"### Versus the official client (customerio 3.x), {official_rows} rows, latency 100 ms"
+    )
+    blocks.append(
+        table(
+            ["client", "wall s", "rows/s"],
+            [
+                ["bulksync --rate 100", ours, official_rows / ours],
+                ["customerio identify() loop", theirs, official_rows / theirs],
+                ["wall-time ratio (official / bulksync)", theirs / ours, ""],
+            ],
+        )
+    )
+
+    big = data_file("csv", cpu_rows)
+    with simulator() as url:
+        ours_wall, ours_cpu, requests = send_bulksync(big, url, rate=None)
+        theirs_wall, theirs_cpu = send_official(big, url)
+    ours_k, theirs_k = ours_cpu / cpu_rows * 1000, theirs_cpu / cpu_rows * 1000
+    blocks.append(
+        "### CPU per 1,000 rows and unthrottled throughput:"
+        f" {cpu_rows:,} rows, latency 0, no rate cap"
+    )
+    blocks.append(
+        table(
+            ["client", "wall s", "requests/s", "CPU s per 1,000 rows"],
+            [
+                ["bulksync --rate 0", ours_wall, requests / ours_wall, ours_k],
+                ["customerio identify() loop", theirs_wall, cpu_rows / theirs_wall, theirs_k],
+            ],
+        )
+    )
+    blocks.append(
+        f"CPU ratio bulksync / official: **{ours_k / theirs_k:.2f}**"
+        f" (target <= {CPU_RATIO_TARGET});"
+        f" unthrottled: **{requests / ours_wall:,.0f} requests/s** (aim >= {UNTHROTTLED_AIM:,})."
+        " CPU is this process's only: the simulator runs in its own process."
+    )
+    return blocks
+
+
+SECTIONS: dict[str, Callable[[bool], list[str]]] = {
+    "dryrun": bench_dryrun,
+    "send": bench_send,
+}
+
+
+# --- driver ----------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _header(argv: Sequence[str], commit: str) -> str:
+    import os
+
+    import pandas as pd
+
+    command = shlex.join(["python", "bench/run.py", *argv])
+    return "\n".join(
+        [
+            "# Benchmarks",
+            "",
+            "Generated by `make bench` (`bench/run.py`): do not edit by hand. Machines are shared"
+            " and noisy: compare the ratios, read absolute figures as indications only.",
+            "",
+            f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+            f"- machine: {os.cpu_count()} CPUs ({_cpu_model()}), {platform.system()}"
+            f" {platform.release()}",
+            f"- Python {platform.python_version()}, pandas {pd.__version__}",
+            f"- bulksync: commit {commit}",
+            f"- command: `{command}`",
+        ]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=sorted(SECTIONS), help="run this section only")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--out", type=Path, help="also write the tables to this Markdown file")
+    args = parser.parse_args(argv)
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
+
+    names = [args.only] if args.only else list(SECTIONS)
+    commit, _ = code_state()
+    blocks: list[str] = []
+    failed = False
+    for name in names:
+        started = time.monotonic()
+        before = code_state()
+        try:
+            section = SECTIONS[name](args.quick)
+        except BenchError as exc:
+            failed = True
+            section = [f"## {name}\n\nFAILED: {exc}"]
+        section.append(f"_section took {time.monotonic() - started:.0f} s_")
+        after = code_state()
+        if after != before:
+            failed = True
+            section.append(
+                f"**WARNING: bulksync/ changed while this section ran ({before[0]} ->"
+                f" {after[0]}): its figures mix two versions of the code. Run it again.**"
+            )
+        print("\n\n".join(section) + "\n", flush=True)
+        blocks += section
+
+    if args.out:
+        args.out.write_text(_header(raw_argv, commit) + "\n\n" + "\n\n".join(blocks) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
