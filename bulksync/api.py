@@ -1,12 +1,13 @@
 """The library entry points: `sync()` reads, normalizes and sends (or, in a dry run, only checks)
-every row of an input, writing each row's outcome to the results file; `check()` verifies the
-credentials."""
+every row of an input, writing each row's outcome to the results file; `retry()` re-sends the
+failed rows of a results file; `check()` verifies the credentials."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import itertools
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,7 +18,14 @@ from .errors import UsageError
 from .normalize import NormalizeOptions, Record, normalize, plan
 from .pipeline import Items, Pipeline, SendOptions, preflight
 from .ratelimit import RateLimiter
-from .results import ResultsWriter, Summary, default_results_path, outcome_line
+from .results import (
+    InputIdentity,
+    ResultsLog,
+    Summary,
+    default_results_path,
+    is_transient,
+    outcome_line,
+)
 from .source import SourceOptions, read_chunks
 from .track import Credentials, TrackClient, resolve_base_url
 
@@ -31,9 +39,11 @@ class SyncOptions:
     send: SendOptions = field(default_factory=SendOptions)
     results: Path | None = None
     dry_run: bool = False
+    fresh: bool = False  # start the results file over instead of resuming it
+    grace: float = 10.0  # seconds in-flight requests may finish after SIGINT/SIGTERM
 
 
-ProgressCallback = Callable[[int], None]
+Progress = Callable[[str], None]
 
 
 def sync(
@@ -41,14 +51,15 @@ def sync(
     options: SyncOptions | None = None,
     *,
     credentials: Credentials | None = None,
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
 ) -> Summary:
     """Sync every row of `input_path` (a path, or "-" for stdin) and return the run's summary.
 
-    Credentials default to CUSTOMERIO_SITE_ID / CUSTOMERIO_API_KEY from the environment (not
-    needed for a dry run). Raises UsageError (or a subclass) before anything is sent when the
-    input, the options or the credentials are unusable, and AbortError when the run stops
-    part-way. `progress` is called with the number of rows finished, as they finish.
+    An existing results file for the same input is resumed: rows that already have an outcome
+    are not sent again. Credentials default to CUSTOMERIO_SITE_ID / CUSTOMERIO_API_KEY from the
+    environment (not needed for a dry run). Raises UsageError (or a subclass) before anything is
+    sent when the input, the options or the credentials are unusable, and AbortError when the
+    run stops part-way. `progress` is called with each row's status as it is written.
     """
     options = options or SyncOptions()
     started = time.monotonic()
@@ -56,67 +67,122 @@ def sync(
     if not options.dry_run:
         credentials = credentials or Credentials.from_env()
         base_url = resolve_base_url(options.send.region, options.send.base_url)
-    results_path = options.results or default_results_path(input_path)
+    results_path = options.results or default_results_path(input_path, dry_run=options.dry_run)
+    # A dry run always starts over, so it need not fingerprint the input.
+    identity = InputIdentity(input_path) if options.dry_run else InputIdentity.of(input_path)
+    fresh = options.fresh or options.dry_run
     with contextlib.closing(read_chunks(input_path, options.source)) as chunks:
         first = next(chunks)
         # Plan against the first chunk's columns, so a wrong option fails before anything is
         # sent or written.
         column_plan = plan(options.normalize, list(first.frame.columns))
-        items = (normalize(chunk, column_plan) for chunk in itertools.chain([first], chunks))
-        if options.dry_run:
-            counts = _dry_run(items, results_path, progress)
-            requests = 0
-        else:
-            assert credentials is not None
-            counts, requests = asyncio.run(
-                _send(items, results_path, base_url, credentials, options.send, progress)
-            )
+        with ResultsLog(results_path, identity, fresh=fresh, dry_run=options.dry_run) as log:
+            items = (normalize(chunk, column_plan) for chunk in itertools.chain([first], chunks))
+            if log.resumed:
+                items = (_pending(batch, log) for batch in items)
+            requests, interrupted = 0, False
+            if options.dry_run:
+                _dry_run(items, log, progress)
+            else:
+                assert credentials is not None
+                requests, interrupted = asyncio.run(
+                    _send(items, log, base_url, credentials, options, progress)
+                )
     return Summary(
         results_path=results_path,
-        counts=counts,
+        counts=dict(log.counts),
         elapsed=time.monotonic() - started,
         dry_run=options.dry_run,
         requests=requests,
+        resumed=log.resumed,
+        interrupted=interrupted,
     )
 
 
-def _dry_run(
-    items: Iterator[Items], results_path: Path, progress: ProgressCallback | None
-) -> dict[str, int]:
-    with ResultsWriter(results_path) as results:
-        while (chunk := next(items, None)) is not None:
-            for item in chunk:
-                if isinstance(item, Record):
-                    line = outcome_line(item.row, item.identifier, "valid", payload=item.attributes)
-                    results.write("valid", line)
-                else:
-                    line = outcome_line(item.row, item.identifier, "invalid", error=item.reason)
-                    results.write("invalid", line)
-            results.flush()
+def retry(
+    results_path: Path,
+    options: SyncOptions | None = None,
+    *,
+    all_failed: bool = False,
+    credentials: Credentials | None = None,
+    progress: Progress | None = None,
+) -> Summary:
+    """Re-send the rows whose latest outcome in `results_path` is `failed`, from the payload
+    kept there (the input file is not needed), appending their new outcomes. Only transient
+    failures (429, 5xx, timeouts, network) are re-sent, unless `all_failed`."""
+    options = options or SyncOptions()
+    started = time.monotonic()
+    credentials = credentials or Credentials.from_env()
+    base_url = resolve_base_url(options.send.region, options.send.base_url)
+    if not results_path.is_file():
+        raise UsageError(f"{results_path}: no such results file")
+    with ResultsLog(results_path, None) as log:
+        records: Items = [
+            Record(line["row"], line["id"], line["payload"])
+            for line in log.failed()
+            if isinstance(line.get("payload"), dict) and (all_failed or is_transient(line))
+        ]
+        resumed = log.resumed
+        requests, interrupted = asyncio.run(
+            _send(iter([records]), log, base_url, credentials, options, progress)
+        )
+    return Summary(
+        results_path=results_path,
+        counts=dict(log.counts),
+        elapsed=time.monotonic() - started,
+        requests=requests,
+        resumed=resumed - len(records),
+        interrupted=interrupted,
+    )
+
+
+def _pending(items: Items, log: ResultsLog) -> Items:
+    """Resume: drop the rows that already have an outcome in the results file."""
+    return [item for item in items if log.status(item.row) is None]
+
+
+def _dry_run(items: Iterator[Items], log: ResultsLog, progress: Progress | None) -> None:
+    while (chunk := next(items, None)) is not None:
+        for item in chunk:
+            if isinstance(item, Record):
+                line = outcome_line(item.row, item.identifier, "valid", payload=item.attributes)
+                log.write(item.row, "valid", line)
+            else:
+                line = outcome_line(item.row, item.identifier, "invalid", error=item.reason)
+                log.write(item.row, "invalid", line)
             if progress is not None:
-                progress(len(chunk))
-            del chunk  # free this chunk's rows before the next one is read
-    return dict(results.counts)
+                progress("valid" if isinstance(item, Record) else "invalid")
+        log.flush()
+        del chunk  # free this chunk's rows before the next one is read
 
 
 async def _send(
     items: Iterator[Items],
-    results_path: Path,
+    log: ResultsLog,
     base_url: str,
     credentials: Credentials,
-    options: SendOptions,
-    progress: ProgressCallback | None,
-) -> tuple[dict[str, int], int]:
-    limiter = RateLimiter(options.rate) if options.rate else None
+    options: SyncOptions,
+    progress: Progress | None,
+) -> tuple[int, bool]:
+    """Send every record; return (requests made, whether a signal interrupted the run)."""
+    send = options.send
+    limiter = RateLimiter(send.rate) if send.rate else None
     async with TrackClient(
-        base_url, credentials, timeout=options.timeout, connections=options.workers
+        base_url, credentials, timeout=send.timeout, connections=send.workers
     ) as client:
-        account = await preflight(client, limiter)
-        _check_region(account.body, options)
-        with ResultsWriter(results_path) as results:
-            pipeline = Pipeline(client, results, options, limiter=limiter, progress=progress)
+        account, checks = await preflight(client, limiter, send)
+        _check_region(account.body, send)
+        pipeline = Pipeline(client, log, send, limiter=limiter, progress=progress)
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for sig in signals:
+            loop.add_signal_handler(sig, pipeline.stop, options.grace)
+        try:
             await pipeline.run(items)
-    return dict(results.counts), pipeline.requests + 1
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+    return pipeline.requests + checks, pipeline.stopping
 
 
 def _check_region(account: Any, options: SendOptions) -> None:
@@ -140,6 +206,7 @@ def check(options: SendOptions | None = None, credentials: Credentials | None = 
 
     async def run() -> Any:
         async with TrackClient(base_url, credentials, timeout=options.timeout) as client:
-            return (await preflight(client, None)).body
+            account, _ = await preflight(client, None, options)
+            return account.body
 
     return asyncio.run(run())

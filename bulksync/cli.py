@@ -14,11 +14,12 @@ from typing import Any, NoReturn, TypeVar, cast
 import click
 import orjson
 
-from .api import SyncOptions, check, sync
+from .api import SyncOptions, check, retry, sync
 from .errors import BulksyncError
 from .normalize import ColumnType, EmptyPolicy, NormalizeOptions
 from .pipeline import SendOptions
-from .results import STATUSES, Summary
+from .report import Progress, estimate_rows, setup_logging, summary_lines
+from .results import Summary
 from .source import Format, SourceOptions, input_name
 
 TYPES = ("int", "float", "bool", "str")
@@ -85,6 +86,55 @@ def connection_options(command: F) -> F:
                 default=10.0,
                 show_default=True,
                 help="Seconds to wait for each answer before retrying.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def send_options(command: F) -> F:
+    """How to send: shared by `sync` and `retry`."""
+    for option in reversed(
+        [
+            click.option(
+                "--rate",
+                type=click.FloatRange(min=0),
+                default=100.0,
+                show_default=True,
+                help="Most requests started in any one-second window: your workspace's Track"
+                " API limit. 0 removes the cap (only for a local simulator).",
+            ),
+            click.option(
+                "--concurrency",
+                type=click.IntRange(min=1),
+                help="Requests in flight at once. Default: enough to reach --rate at 500 ms"
+                " latency.",
+            ),
+            click.option(
+                "--max-retries",
+                type=click.IntRange(min=0),
+                default=5,
+                show_default=True,
+                help="Retries of a transient failure (429, 5xx, timeout, network) before the row"
+                " fails.",
+            ),
+            click.option(
+                "--grace",
+                type=click.FloatRange(min=0),
+                default=10.0,
+                show_default=True,
+                help="On Ctrl-C or SIGTERM, seconds to let requests in flight finish (a second"
+                " Ctrl-C stops at once).",
+            ),
+            click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary."),
+            click.option(
+                "--json", "as_json", is_flag=True, help="Print the summary as one JSON object."
+            ),
+            click.option(
+                "--log-file",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="Also log to this file, every retry included.",
             ),
         ]
     ):
@@ -161,27 +211,9 @@ def main() -> None:
     help="Results file (JSONL, one line per row). Default: INPUT.results.jsonl.",
 )
 @click.option("--dry-run", is_flag=True, help="Validate every row and write results; send nothing.")
+@click.option("--fresh", is_flag=True, help="Start the results file over instead of resuming it.")
 @connection_options
-@click.option(
-    "--rate",
-    type=click.FloatRange(min=0),
-    default=100.0,
-    show_default=True,
-    help="Most requests started in any one-second window: your workspace's Track API limit."
-    " 0 removes the cap (only for a local simulator).",
-)
-@click.option(
-    "--concurrency",
-    type=click.IntRange(min=1),
-    help="Requests in flight at once. Default: enough to reach --rate at 500 ms latency.",
-)
-@click.option(
-    "--max-retries",
-    type=click.IntRange(min=0),
-    default=5,
-    show_default=True,
-    help="Retries of a transient failure (429, 5xx, timeout, network) before the row fails.",
-)
+@send_options
 @click.option("--limit", type=click.IntRange(min=1), help="Process only the first N rows.")
 @click.option(
     "--chunk-size",
@@ -190,8 +222,6 @@ def main() -> None:
     show_default=True,
     help="Rows read and normalized at a time (bounds memory).",
 )
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def sync_command(
     input_path: str,
     fmt: Format | None,
@@ -208,21 +238,25 @@ def sync_command(
     update_only: bool,
     results: Path | None,
     dry_run: bool,
+    fresh: bool,
     region: str,
     base_url: str | None,
     timeout: float,
     rate: float,
     concurrency: int | None,
     max_retries: int,
-    limit: int | None,
-    chunk_size: int,
+    grace: float,
     quiet: bool,
     as_json: bool,
+    log_file: Path | None,
+    limit: int | None,
+    chunk_size: int,
 ) -> None:
     """Send every row of INPUT (a CSV or JSONL file, or - for stdin) to Customer.io.
 
     Each row becomes PUT /api/v1/customers/{id}, sent at up to --rate requests per second, with
-    transient failures retried. Each row's outcome is written to the results file.
+    transient failures retried. Each row's outcome is written to the results file as it is
+    known; running the same command again resumes: rows with an outcome are not sent again.
 
     With --dry-run nothing is sent: each row is checked and its results line says 'valid' (with
     the exact payload that would be sent) or 'invalid' (with the reason).
@@ -246,19 +280,101 @@ def sync_command(
             empty=empty,
             update_only=update_only,
         ),
-        send=SendOptions(
-            rate=rate or None,
-            concurrency=concurrency,
-            max_retries=max_retries,
-            timeout=timeout,
-            region=region,
-            base_url=base_url,
-        ),
+        send=_send_options(rate, concurrency, max_retries, timeout, region, base_url),
         results=results,
         dry_run=dry_run,
+        fresh=fresh,
+        grace=grace,
     )
+    what = f"{'dry run' if dry_run else 'sync'} of {input_name(input_path)}"
+    total = None
+    if not (quiet or as_json) and sys.stderr.isatty():
+        total = estimate_rows(input_path, fmt)
+    _run(
+        what,
+        lambda progress: sync(input_path, options, progress=progress),
+        quiet=quiet,
+        as_json=as_json,
+        log_file=log_file,
+        total=total,
+    )
+
+
+@main.command("retry")
+@click.argument("results_path", metavar="RESULTS", type=click.Path(path_type=Path))
+@click.option(
+    "--all-failed",
+    is_flag=True,
+    help="Also re-send rows the API refused (400), e.g. after fixing the workspace's settings.",
+)
+@connection_options
+@send_options
+def retry_command(
+    results_path: Path,
+    all_failed: bool,
+    region: str,
+    base_url: str | None,
+    timeout: float,
+    rate: float,
+    concurrency: int | None,
+    max_retries: int,
+    grace: float,
+    quiet: bool,
+    as_json: bool,
+    log_file: Path | None,
+) -> None:
+    """Re-send the rows whose latest outcome in RESULTS is "failed", from the payload kept there
+    (the input file is not needed), and append their new outcomes.
+
+    Only transient failures (429, 5xx, timeouts, network) are re-sent, unless --all-failed.
+    """
+    options = SyncOptions(
+        send=_send_options(rate, concurrency, max_retries, timeout, region, base_url),
+        grace=grace,
+    )
+    _run(
+        f"retry of {results_path}",
+        lambda progress: retry(results_path, options, all_failed=all_failed, progress=progress),
+        quiet=quiet,
+        as_json=as_json,
+        log_file=log_file,
+        total=None,
+    )
+
+
+def _send_options(
+    rate: float,
+    concurrency: int | None,
+    max_retries: int,
+    timeout: float,
+    region: str,
+    base_url: str | None,
+) -> SendOptions:
+    return SendOptions(
+        rate=rate or None,
+        concurrency=concurrency,
+        max_retries=max_retries,
+        timeout=timeout,
+        region=region,
+        base_url=base_url,
+    )
+
+
+def _run(
+    what: str,
+    run: Callable[[Progress], Summary],
+    *,
+    quiet: bool,
+    as_json: bool,
+    log_file: Path | None,
+    total: int | None,
+) -> NoReturn:
+    """Run a sync or retry with a progress bar on a terminal; print the summary; exit."""
+    setup_logging(log_file, quiet)
+    bar = not (quiet or as_json) and sys.stderr.isatty()
     try:
-        summary = sync(input_path, options)
+        with Progress(total, bar, what) as progress:
+            summary = run(progress)
     except BulksyncError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -267,30 +383,10 @@ def sync_command(
     if as_json:
         click.echo(orjson.dumps(summary.as_dict()).decode())
     elif not quiet:
-        _print_summary(input_name(input_path), summary)
+        click.echo("\n".join(summary_lines(what, summary)))
+    if summary.rows == 0 and not summary.interrupted:
+        click.echo("bulksync: warning: no rows", err=True)
     sys.exit(summary.exit_code)
-
-
-def _print_summary(name: str, summary: Summary) -> None:
-    what = "dry run of" if summary.dry_run else "sync of"
-    requests = "" if summary.dry_run else f", {summary.requests:,} requests"
-    click.echo(
-        f"bulksync: {what} {name}: {summary.rows:,} rows in {summary.elapsed:.1f}s"
-        f" ({summary.rows_per_second:,.0f} rows/s{requests})"
-    )
-    for status in STATUSES:
-        count = summary.counts.get(status, 0)
-        if count:
-            click.echo(f"  {status:<10}{count:>10,}")
-    click.echo(f"results: {summary.results_path}")
-    if summary.rows == 0:
-        click.echo("warning: the input has no data rows", err=True)
-    if summary.counts.get("invalid"):
-        click.echo(
-            f"next: see each invalid row's reason with grep '\"invalid\"' {summary.results_path}",
-        )
-    elif summary.dry_run and summary.rows:
-        click.echo("next: every row is valid; run again without --dry-run to send")
 
 
 @main.command("check")

@@ -1,19 +1,31 @@
 """The results file: one JSON line per row outcome, appended and flushed as outcomes are known.
 
+    {"bulksync_results": 1, "input": "customers.csv", "size": 5120, "sha256": "9f2c...", ...}
     {"row": 17, "id": "cust-17", "status": "ok", "http_status": 200, "attempts": 1, "error": null}
 
-The latest line for a row is its outcome. The file holds personal data, so it is created with
-mode 0600 (and an existing file is narrowed to 0600 before anything is written to it).
+The first line says which input the file belongs to, so a re-run can resume it (and refuse to
+resume it with another input). Every other line is one row's outcome; the latest line for a row
+is its outcome. It is the checkpoint: a crash loses at most the rows in flight, and a torn last
+line is dropped when the file is opened again.
+
+The file holds personal data, so it is created with mode 0600 (and an existing file is narrowed
+to 0600 before anything is written to it). A lock file beside it (`RESULTS.lock`, flock-ed, with
+the holder's pid) keeps two runs from writing the same results file; the kernel releases the lock
+when its process dies, so a killed run never leaves a stale lock behind.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, BinaryIO, Literal, Self
 
 import orjson
 
@@ -21,12 +33,24 @@ from .errors import UsageError
 
 Status = Literal["ok", "failed", "invalid", "unchanged", "valid"]
 STATUSES: tuple[Status, ...] = ("ok", "failed", "invalid", "unchanged", "valid")
+HEADER_KEY = "bulksync_results"
+FORMAT_VERSION = 1
+# A row's latest status, one byte per row number (0: no outcome yet): 3 MB for 3 million rows.
+_CODES: dict[str, int] = {status: i for i, status in enumerate(STATUSES, start=1)}
+# HTTP answers (None: no answer at all) worth sending again as they were: see `is_transient`.
+_TRANSIENT_STATUSES = {None, 408, 429}
 
 
-def default_results_path(input_path: str) -> Path:
-    if input_path == "-":
-        return Path("stdin.results.jsonl")
-    return Path(f"{input_path}.results.jsonl")
+def default_results_path(input_path: str, *, dry_run: bool = False) -> Path:
+    # A dry run keeps its own file: its `valid` lines must never pass for a real run's outcomes.
+    suffix = ".dry-run.jsonl" if dry_run else ".results.jsonl"
+    return Path(("stdin" if input_path == "-" else input_path) + suffix)
+
+
+def is_transient(line: dict[str, Any]) -> bool:
+    """Did this failed row fail for a reason that may pass (429, 5xx, timeout, network)?"""
+    status = line.get("http_status")
+    return status in _TRANSIENT_STATUSES or (isinstance(status, int) and status >= 500)
 
 
 def outcome_line(
@@ -53,28 +77,156 @@ def outcome_line(
     return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
 
-class ResultsWriter:
-    """Writes outcome lines to the results file, counting them by status."""
+@dataclass(frozen=True)
+class InputIdentity:
+    """Which input a results file belongs to: path, size and SHA-256 of the content."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.counts: Counter[str] = Counter()
+    path: str
+    size: int | None = None
+    sha256: str | None = None
+
+    @classmethod
+    def of(cls, path: str) -> InputIdentity:
+        """Fingerprint a file (about 1 s per GB). Standard input cannot be fingerprinted."""
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        except OSError as exc:
-            raise UsageError(f"cannot write the results file {path}: {exc.strerror}") from None
-        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that already existed
-        self._file = os.fdopen(fd, "wb")
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            return cls(path, os.stat(path).st_size, digest)
+        except OSError:  # stdin, or unreadable: the reader reports the latter
+            return cls(path)
 
-    def write(self, status: Status, line: bytes) -> None:
+    def same_content(self, other: InputIdentity) -> bool:
+        if self.sha256 is None or other.sha256 is None:
+            return True  # standard input: nothing to compare, rows are matched by number
+        return (self.size, self.sha256) == (other.size, other.sha256)
+
+
+class ResultsLog:
+    """The results file of one run: what it already holds, and where new outcomes go.
+
+    `fresh=False` resumes an existing file (rows with an outcome are not sent again); a file
+    written for another input is refused with a UsageError. `identity=None` skips that check
+    (`bulksync retry` needs only the file).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        identity: InputIdentity | None,
+        *,
+        fresh: bool = False,
+        dry_run: bool = False,
+    ) -> None:
+        self.path = path
+        self.counts: Counter[str] = Counter()  # latest status of every row in the file
+        self.resumed = 0  # rows that already had an outcome when the file was opened
+        self._status = bytearray()
+        self._failed: dict[int, bytes] = {}
+        self._lock = _take_lock(path)
+        try:
+            if not fresh and path.exists() and path.stat().st_size > 0:
+                self._file = self._resume(identity)
+            else:
+                self._file = self._create(identity, dry_run)
+        except BaseException:
+            os.close(self._lock)
+            raise
+
+    # --- opening ------------------------------------------------------------------------------
+
+    def _create(self, identity: InputIdentity | None, dry_run: bool) -> BinaryIO:
+        file = _open_private(self.path, os.O_TRUNC)
+        header = {
+            HEADER_KEY: FORMAT_VERSION,
+            "input": identity.path if identity else None,
+            "size": identity.size if identity else None,
+            "sha256": identity.sha256 if identity else None,
+            "dry_run": dry_run,
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        file.write(orjson.dumps(header, option=orjson.OPT_APPEND_NEWLINE))
+        file.flush()
+        return file
+
+    def _resume(self, identity: InputIdentity | None) -> BinaryIO:
+        good_end = 0
+        with self.path.open("rb") as f:
+            header = _parse(f.readline(), self.path, 1)
+            if HEADER_KEY not in header:
+                raise UsageError(
+                    f"{self.path} is not a bulksync results file (or predates resume);"
+                    " pass --fresh to overwrite it, or choose another --results path"
+                )
+            if identity is not None and header.get("dry_run"):
+                raise UsageError(
+                    f"{self.path} holds a dry run; pass --fresh to start a real run over it"
+                )
+            previous = InputIdentity(
+                header.get("input") or "?", header.get("size"), header.get("sha256")
+            )
+            if identity is not None and not identity.same_content(previous):
+                raise UsageError(
+                    f"{self.path} belongs to another input ({previous.path}, {previous.size} bytes,"
+                    f" different content); pass --fresh to start over, or choose another --results"
+                    " path"
+                )
+            good_end = f.tell()
+            for number, raw in enumerate(f, start=2):
+                if not raw.endswith(b"\n"):
+                    break  # torn by a crash mid-write: that outcome is re-made on resume
+                self._load(_parse(raw, self.path, number), raw)
+                good_end += len(raw)
+        self.resumed = sum(self.counts.values())
+        file = _open_private(self.path, 0)
+        file.truncate(good_end)
+        file.seek(good_end)
+        return file
+
+    def _load(self, line: dict[str, Any], raw: bytes) -> None:
+        row, status = line.get("row"), line.get("status")
+        if not isinstance(row, int) or status not in _CODES:
+            raise UsageError(f"{self.path}: unexpected line {raw[:80]!r}")
+        self._set(row, str(status))
+        if status == "failed":
+            self._failed[row] = raw
+        else:
+            self._failed.pop(row, None)
+
+    # --- reading and writing ------------------------------------------------------------------
+
+    def status(self, row: int) -> str | None:
+        """The latest status of `row`, or None if it has no outcome yet."""
+        code = self._status[row] if row < len(self._status) else 0
+        return STATUSES[code - 1] if code else None
+
+    def failed(self) -> Iterator[dict[str, Any]]:
+        """The latest line of every row whose outcome is `failed`, in row order."""
+        for row in sorted(self._failed):
+            yield orjson.loads(self._failed[row])
+
+    def write(self, row: int, status: Status, line: bytes) -> None:
         self._file.write(line)
-        self.counts[status] += 1
+        self._set(row, status)
+        if status != "failed":
+            self._failed.pop(row, None)
 
     def flush(self) -> None:
         self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        finally:
+            os.close(self._lock)
+
+    def _set(self, row: int, status: str) -> None:
+        if row >= len(self._status):
+            self._status.extend(bytes(max(row + 1 - len(self._status), len(self._status))))
+        previous = self._status[row]
+        if previous:
+            self.counts[STATUSES[previous - 1]] -= 1
+        self._status[row] = _CODES[status]
+        self.counts[status] += 1
 
     def __enter__(self) -> Self:
         return self
@@ -88,15 +240,56 @@ class ResultsWriter:
         self.close()
 
 
+def _parse(raw: bytes, path: Path, number: int) -> dict[str, Any]:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UsageError(f"{path}: line {number} is not JSON; is this a results file?") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{path}: line {number} is not a JSON object; is this a results file?")
+    return value
+
+
+def _open_private(path: Path, flags: int) -> BinaryIO:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o600)
+    except OSError as exc:
+        raise UsageError(f"cannot write the results file {path}: {exc.strerror}") from None
+    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that already existed
+    return os.fdopen(fd, "wb")
+
+
+def _take_lock(path: Path) -> int:
+    """Lock RESULTS.lock for this process; refuse, naming the holder, if another run has it."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise UsageError(f"cannot create the lock file {lock_path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UsageError(
+            f"{path} is in use by another bulksync run (pid {holder}); wait for it to finish"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 @dataclass
 class Summary:
-    """What a run did: counts per status, how long it took, where the results are."""
+    """What a run did: counts per status (every row of the results file), how long it took."""
 
     results_path: Path
     counts: dict[str, int] = field(default_factory=dict)
     elapsed: float = 0.0
     dry_run: bool = False
     requests: int = 0
+    resumed: int = 0  # rows that already had an outcome from an earlier run
+    interrupted: bool = False
 
     @property
     def rows(self) -> int:
@@ -104,21 +297,26 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
-        """0 when every row ended well, 1 when some are failed or invalid (see the results file)."""
+        """0 when every row ended well, 1 when some are failed or invalid, 3 if interrupted."""
+        if self.interrupted:
+            return 3
         return 1 if self.counts.get("failed", 0) or self.counts.get("invalid", 0) else 0
 
     @property
     def rows_per_second(self) -> float:
-        return self.rows / self.elapsed if self.elapsed > 0 else 0.0
+        done = self.rows - self.resumed
+        return done / self.elapsed if self.elapsed > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "rows": self.rows,
             **{status: self.counts.get(status, 0) for status in STATUSES},
+            "resumed": self.resumed,
             "requests": self.requests,
             "elapsed_seconds": round(self.elapsed, 3),
             "rows_per_second": round(self.rows_per_second, 1),
             "dry_run": self.dry_run,
+            "interrupted": self.interrupted,
             "results": str(self.results_path),
             "exit_code": self.exit_code,
         }
