@@ -15,6 +15,7 @@ import click
 import orjson
 
 from .api import SyncOptions, check, retry, sync
+from .batch import DEFAULT_BATCH_SIZE
 from .errors import BulksyncError
 from .normalize import ColumnType, EmptyPolicy, NormalizeOptions
 from .pipeline import SendOptions
@@ -118,6 +119,19 @@ def send_options(command: F) -> F:
                 show_default=True,
                 help="Retries of a transient failure (429, 5xx, timeout, network) before the row"
                 " fails.",
+            ),
+            click.option(
+                "--batch",
+                is_flag=True,
+                help="Send through POST /api/v2/batch: many people per request, one request"
+                " against the rate limit, each row's outcome still recorded.",
+            ),
+            click.option(
+                "--batch-size",
+                type=click.IntRange(min=1),
+                default=DEFAULT_BATCH_SIZE,
+                show_default=True,
+                help="With --batch: most people per request (requests also stay under 500 KB).",
             ),
             click.option(
                 "--grace",
@@ -245,6 +259,8 @@ def sync_command(
     rate: float,
     concurrency: int | None,
     max_retries: int,
+    batch: bool,
+    batch_size: int,
     grace: float,
     quiet: bool,
     as_json: bool,
@@ -280,7 +296,9 @@ def sync_command(
             empty=empty,
             update_only=update_only,
         ),
-        send=_send_options(rate, concurrency, max_retries, timeout, region, base_url),
+        send=_send_options(
+            rate, concurrency, max_retries, timeout, region, base_url, batch, batch_size
+        ),
         results=results,
         dry_run=dry_run,
         fresh=fresh,
@@ -318,6 +336,8 @@ def retry_command(
     rate: float,
     concurrency: int | None,
     max_retries: int,
+    batch: bool,
+    batch_size: int,
     grace: float,
     quiet: bool,
     as_json: bool,
@@ -329,7 +349,9 @@ def retry_command(
     Only transient failures (429, 5xx, timeouts, network) are re-sent, unless --all-failed.
     """
     options = SyncOptions(
-        send=_send_options(rate, concurrency, max_retries, timeout, region, base_url),
+        send=_send_options(
+            rate, concurrency, max_retries, timeout, region, base_url, batch, batch_size
+        ),
         grace=grace,
     )
     _run(
@@ -349,6 +371,8 @@ def _send_options(
     timeout: float,
     region: str,
     base_url: str | None,
+    batch: bool,
+    batch_size: int,
 ) -> SendOptions:
     return SendOptions(
         rate=rate or None,
@@ -357,6 +381,8 @@ def _send_options(
         timeout=timeout,
         region=region,
         base_url=base_url,
+        batch=batch,
+        batch_size=batch_size,
     )
 
 

@@ -17,9 +17,10 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from .batch import DEFAULT_BATCH_SIZE, Batch, pack
 from .errors import AbortError
 from .normalize import Record, Rejection
 from .ratelimit import RateLimiter
@@ -27,6 +28,7 @@ from .results import ResultsLog, Status, outcome_line
 from .track import DEFAULT_TIMEOUT, Kind, Response, TrackClient
 
 Items = list[Record | Rejection]
+Job = Record | Batch  # what a worker sends in one request
 log = logging.getLogger("bulksync")
 
 
@@ -42,6 +44,8 @@ class SendOptions:
     base_url: str | None = None
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
+    batch: bool = False  # POST /api/v2/batch instead of one PUT per row
+    batch_size: int = DEFAULT_BATCH_SIZE
 
     @property
     def workers(self) -> int:
@@ -117,7 +121,7 @@ class Pipeline:
         self.requests = 0
         self.stopping = False
         self._last_success = time.monotonic()
-        self._queue: asyncio.Queue[Record | None] = asyncio.Queue(maxsize=options.workers * 2)
+        self._queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=options.workers * 2)
         self._reader: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
 
@@ -158,23 +162,43 @@ class Pipeline:
         for task in self._workers:
             task.cancel()
 
+    def _next_jobs(self, chunks: Iterator[Items]) -> Sequence[Job | Rejection] | None:
+        """The next chunk as jobs (records, or batches of them), run in the reader's thread."""
+        items = next(chunks, None)
+        if items is None or not self.options.batch:
+            return items
+        records = [item for item in items if isinstance(item, Record)]
+        jobs: list[Job | Rejection] = [item for item in items if isinstance(item, Rejection)]
+        jobs.extend(pack(records, self.options.batch_size))
+        return jobs
+
     async def _read(self, chunks: Iterator[Items]) -> None:
-        while (items := await asyncio.to_thread(next, chunks, None)) is not None:
-            for item in items:
-                if isinstance(item, Rejection):
-                    line = outcome_line(item.row, item.identifier, "invalid", error=item.reason)
-                    self._write(item.row, "invalid", line)
+        while (jobs := await asyncio.to_thread(self._next_jobs, chunks)) is not None:
+            for job in jobs:
+                if isinstance(job, Rejection):
+                    line = outcome_line(job.row, job.identifier, "invalid", error=job.reason)
+                    self._write(job.row, "invalid", line)
                 else:
-                    await self._queue.put(item)
+                    await self._queue.put(job)
+            self.results.flush()
         for _ in self._workers:
             await self._queue.put(None)  # one stop signal per worker
 
     async def _work(self) -> None:
-        while (record := await self._queue.get()) is not None:
-            await self._send(record)
+        while (job := await self._queue.get()) is not None:
+            await self._send(job)
 
-    async def _send(self, record: Record) -> None:
-        attempts = 0
+    async def _request(self, job: Job) -> Response:
+        if isinstance(job, Batch):
+            return await self.client.batch(job.body())
+        return await self.client.identify(job.identifier, job.attributes)
+
+    async def _send(self, job: Job, attempts: int = 0) -> None:
+        """Send one job until it is answered for good; write the outcome of each of its rows.
+        `attempts` carries over the requests already made for these rows (when a batch the API
+        refused as a whole is split in two)."""
+        records = job.records if isinstance(job, Batch) else [job]
+        mode = "batch" if isinstance(job, Batch) else "single"
         started = time.monotonic()
         while True:
             if self.limiter is not None:
@@ -183,45 +207,41 @@ class Pipeline:
                 return  # not started: no outcome, sent again on resume
             self.requests += 1
             attempts += 1
-            response = await self.client.identify(record.identifier, record.attributes)
+            response = await self._request(job)
             if response.kind is Kind.OK:
                 self._last_success = time.monotonic()
-                line = outcome_line(
-                    record.row,
-                    record.identifier,
-                    "ok",
-                    http_status=response.status,
-                    attempts=attempts,
-                )
-                self._write(record.row, "ok", line)
+                # A 207 lists the operations it refused; every other one was accepted.
+                refused = _refused_operations(response.body) if response.status == 207 else {}
+                for index, record in enumerate(records):
+                    error = refused.get(index)
+                    self._outcome(record, mode, response.status, attempts, error)
+                self.results.flush()
                 return
             if response.kind is Kind.FATAL:
                 raise FatalAnswer(response.error or "the API refused the run")
             if response.kind is Kind.TRANSIENT:
-                log.debug("row %d: attempt %d: %s", record.row, attempts, response.error)
+                log.debug("rows %d..: attempt %d: %s", records[0].row, attempts, response.error)
             out_of_retries = attempts > self.options.max_retries
             if response.kind is Kind.TRANSIENT and out_of_retries and self._last_success < started:
-                # Outage breaker: nothing has succeeded since this row was first tried, so the
-                # API is down, not this row. Stop rather than mark row after row failed.
+                # Outage breaker: nothing has succeeded since this job was first tried, so the
+                # API is down, not these rows. Stop rather than mark row after row failed.
                 raise FatalAnswer(
                     f"the Track API kept failing ({response.error}) and nothing succeeded"
                     f" for {time.monotonic() - self._last_success:.0f}s"
                 )
+            if response.kind is Kind.TERMINAL and isinstance(job, Batch) and len(job) > 1:
+                # The API refused the whole request, maybe for one bad operation: send the
+                # halves apart, so the good rows still land and the bad one is isolated.
+                for half in job.halves():
+                    await self._send(half, attempts)
+                return
             if response.kind is Kind.TERMINAL or out_of_retries:
-                error = response.error
+                error = response.error or "refused"
                 if response.kind is Kind.TRANSIENT:
                     error = f"{error} (gave up after {attempts} attempts)"
-                log.error("row %d (id %s) failed: %s", record.row, record.identifier, error)
-                line = outcome_line(
-                    record.row,
-                    record.identifier,
-                    "failed",
-                    http_status=response.status,
-                    attempts=attempts,
-                    error=error,
-                    payload=record.attributes,
-                )
-                self._write(record.row, "failed", line)
+                for record in records:
+                    self._outcome(record, mode, response.status, attempts, error)
+                self.results.flush()
                 return
             if response.status == 429 and response.retry_after and self.limiter is not None:
                 # The API asked everyone to slow down, not only this request.
@@ -230,8 +250,51 @@ class Pipeline:
                 backoff_delay(attempts, response.retry_after, self.options, self.rng)
             )
 
+    def _outcome(
+        self, record: Record, mode: str, http_status: int | None, attempts: int, error: str | None
+    ) -> None:
+        """Write a sent row's outcome: ok when `error` is None, else failed with its payload."""
+        if error is None:
+            line = outcome_line(
+                record.row,
+                record.identifier,
+                "ok",
+                http_status=http_status,
+                attempts=attempts,
+                mode=mode,
+            )
+            self._write(record.row, "ok", line)
+            return
+        log.error("row %d (id %s) failed: %s", record.row, record.identifier, error)
+        line = outcome_line(
+            record.row,
+            record.identifier,
+            "failed",
+            http_status=http_status,
+            attempts=attempts,
+            error=error,
+            payload=record.attributes,
+            mode=mode,
+        )
+        self._write(record.row, "failed", line)
+
     def _write(self, row: int, status: Status, line: bytes) -> None:
+        # Flushed by the caller once per job or chunk: the results file is the checkpoint, so
+        # an outcome is on disk as soon as its request is answered.
         self.results.write(row, status, line)
-        self.results.flush()  # the results file is the checkpoint: a crash loses no outcome
         if self.progress is not None:
             self.progress(status)
+
+
+def _refused_operations(body: object) -> dict[int, str]:
+    """batch_index -> reason, from a 207 answer's {"errors": [{"batch_index", "reason",
+    "field", "message"}]}."""
+    refused: dict[int, str] = {}
+    errors = body.get("errors") if isinstance(body, dict) else None
+    for error in errors if isinstance(errors, list) else []:
+        if isinstance(error, dict) and isinstance(error.get("batch_index"), int):
+            field = f" ({error['field']})" if error.get("field") else ""
+            refused[error["batch_index"]] = (
+                f"HTTP 207{field}: {error.get('message') or error.get('reason') or 'refused'}"
+            )
+    return refused

@@ -62,8 +62,10 @@ def outcome_line(
     attempts: int = 0,
     error: str | None = None,
     payload: dict[str, Any] | None = None,
+    mode: str | None = None,
 ) -> bytes:
-    """One results line. A failed row keeps its `payload`, to be re-sent without the input."""
+    """One results line. A failed row keeps its `payload`, to be re-sent without the input;
+    a sent row says which `mode` sent it (single: PUT per row, batch: POST /api/v2/batch)."""
     line: dict[str, Any] = {
         "row": row,
         "id": identifier,
@@ -72,6 +74,8 @@ def outcome_line(
         "attempts": attempts,
         "error": error,
     }
+    if mode is not None:
+        line["mode"] = mode
     if payload is not None:
         line["payload"] = payload
     return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)

@@ -226,6 +226,10 @@ class TrackClient:
     async def identify(self, identifier: str, attributes: dict[str, Any]) -> Response:
         return await self.request("PUT", customer_path(identifier), orjson.dumps(attributes))
 
+    async def batch(self, body: bytes) -> Response:
+        """POST /api/v2/batch. A 207 is OK for the request: its body lists refused operations."""
+        return await self.request("POST", "/api/v2/batch", body)
+
     async def region(self) -> Response:
         """GET /api/v1/accounts/region: the credentials check; body has region and url."""
         return await self.request("GET", "/api/v1/accounts/region")

@@ -119,7 +119,7 @@ async def test_region_route_checks_credentials(fake: FakeTrackAPI) -> None:
         ("PUT", "/api/v1/customers/42/events"),
         ("PUT", "/api/v1/accounts/region"),
         ("GET", "/api/v1/accounts/region/"),  # no trailing-slash redirect
-        ("POST", "/api/v2/batch"),
+        ("GET", "/api/v2/batch"),
     ],
 )
 async def test_unknown_routes_answer_404_without_redirect(

@@ -45,6 +45,7 @@ __all__ = [
 
 CUSTOMERS_PREFIX = "/api/v1/customers/"
 REGION_PATH = "/api/v1/accounts/region"
+BATCH_PATH = "/api/v2/batch"
 STATS_PATH = "/_fake/stats"
 
 # Limits documented by Customer.io for v1 identify (see track-api.md, "Limits").
@@ -52,6 +53,11 @@ MAX_IDENTIFIER_BYTES = 150
 MAX_ATTRIBUTE_NAME_BYTES = 150
 MAX_VALUE_BYTES = 1000
 MAX_ATTRIBUTES = 300
+# v2 batch limits (track-api.md: "< 500 KB" a request, "<= 32 KB" an operation; whether KB is
+# 1000 or 1024 is unconfirmed, so the simulator holds clients to the stricter reading).
+MAX_BATCH_BYTES = 500_000
+MAX_OPERATION_BYTES = 32_000
+IDENTIFIER_KEYS = ("id", "email", "cio_id")
 
 # aiohttp waits this long for in-flight handlers on stop() before cancelling them. Its default
 # (60 s) would make every test that leaves a slow request behind hang for a minute.
@@ -90,6 +96,8 @@ class FakeConfig:
     # Deterministic failures keyed by identifier: a terminal 400, or N transient 503s first.
     reject_ids: frozenset[str] = frozenset()
     fail_first: dict[str, int] = field(default_factory=dict)
+    # A batch naming any of these identifiers is refused whole (400), as a malformed one is.
+    poison_ids: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -103,6 +111,7 @@ class Recorded:
     time: float  # time.monotonic() at arrival
     status: int = NO_ANSWER  # status answered; NO_ANSWER if the connection was dropped
     auth_ok: bool = False
+    size: int = 0  # bytes of the request body, as received
 
 
 Handler = Callable[[web.Request, Recorded], Awaitable[web.Response]]
@@ -144,6 +153,41 @@ def _parse_json(raw: bytes) -> Any:
         return None
 
 
+def _batch_error(status: int, field_name: str, message: str) -> web.Response:
+    return _json(
+        status, {"errors": [{"reason": "invalid", "field": field_name, "message": message}]}
+    )
+
+
+def _operation_identifier(op: Any) -> str | None:
+    """The person an operation names, written like a v1 path identifier (cio_ids prefixed)."""
+    identifiers = op.get("identifiers") if isinstance(op, dict) else None
+    if not isinstance(identifiers, dict) or len(identifiers) != 1:
+        return None
+    ((key, value),) = identifiers.items()
+    if key not in IDENTIFIER_KEYS or not isinstance(value, str | int) or value == "":
+        return None
+    return f"cio_{value}" if key == "cio_id" else str(value)
+
+
+def _operation_error(op: Any) -> tuple[str, str] | None:
+    """(field, message) for an operation the API would refuse, or None if it is valid."""
+    if not isinstance(op, dict):
+        return "batch", "operation must be a JSON object"
+    if len(orjson.dumps(op)) > MAX_OPERATION_BYTES:
+        return "batch", f"operation is larger than {MAX_OPERATION_BYTES} bytes"
+    if op.get("type") != "person" or op.get("action") != "identify":
+        return "type", "only person identify operations are simulated"
+    if _operation_identifier(op) is None:
+        return "identifiers", "identifiers must hold exactly one of id, email or cio_id"
+    attributes = op.get("attributes", {})
+    if not isinstance(attributes, dict):
+        return "attributes", "attributes must be an object"
+    identifier = _operation_identifier(op) or ""
+    message = _identify_error(identifier, attributes)
+    return ("attributes", message) if message else None
+
+
 def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
@@ -175,6 +219,8 @@ class FakeTrackAPI:
     def __init__(self, config: FakeConfig | None = None) -> None:
         self.config = config if config is not None else FakeConfig()
         self.requests: list[Recorded] = []
+        # (identifier, attributes) of every batch operation accepted, in order.
+        self.batch_accepted: list[tuple[str, dict[str, Any]]] = []
         # One catch-all route: aiohttp's router matches on a decoded path, but identifiers must
         # be decoded exactly once from the raw path (an id "a/b" arrives as "a%2Fb").
         self._app = web.Application()
@@ -247,11 +293,14 @@ class FakeTrackAPI:
     # --- inspection helpers for tests ---------------------------------------------------------
 
     def accepted(self) -> dict[str, list[dict[str, Any]]]:
-        """Identifier -> bodies of the PUTs answered 200, in arrival order."""
+        """Identifier -> attributes accepted for it: bodies of the PUTs answered 200, then the
+        accepted batch operations' attributes, each in arrival order."""
         out: dict[str, list[dict[str, Any]]] = {}
         for rec in self.requests:
             if rec.method == "PUT" and rec.status == 200 and rec.identifier is not None:
                 out.setdefault(rec.identifier, []).append(rec.body)
+        for identifier, attributes in self.batch_accepted:
+            out.setdefault(identifier, []).append(attributes)
         return out
 
     def requests_per_identifier(self) -> Counter[str]:
@@ -264,6 +313,7 @@ class FakeTrackAPI:
     def reset(self) -> None:
         """Forget the records, and restart the limiter, fail_first counts and random faults."""
         self.requests.clear()
+        self.batch_accepted.clear()
         self._reset_state()
 
     # --- request pipeline ---------------------------------------------------------------------
@@ -342,7 +392,9 @@ class FakeTrackAPI:
             case "slow":
                 delay += cfg.slow_seconds
 
-        record.body = _parse_json(await request.read())
+        raw = await request.read()
+        record.size = len(raw)
+        record.body = _parse_json(raw)
         if delay > 0:
             await asyncio.sleep(delay)
         if fault == "drop":
@@ -403,6 +455,8 @@ class FakeTrackAPI:
         # A raw "/" after the identifier is a sub-resource (events, suppress...), not identify.
         if method == "PUT" and is_customer and "/" not in raw_path.removeprefix(CUSTOMERS_PREFIX):
             return self._identify
+        if method == "POST" and raw_path == BATCH_PATH:
+            return self._batch
         return self._not_found
 
     # --- route handlers -----------------------------------------------------------------------
@@ -428,6 +482,40 @@ class FakeTrackAPI:
         if message is not None:
             return _error(400, message)
         return _json(200, {})
+
+    async def _batch(self, request: web.Request, record: Recorded) -> web.Response:
+        """POST /api/v2/batch: 200 when every operation is accepted, 207 listing the refused
+        ones by `batch_index` (all others accepted), 400 when the request as a whole is bad."""
+        body = record.body
+        if record.size > MAX_BATCH_BYTES:
+            return _batch_error(
+                400, "batch", f"request body is larger than {MAX_BATCH_BYTES} bytes"
+            )
+        if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
+            return _batch_error(400, "batch", "body must be a JSON object with a 'batch' array")
+        operations = body["batch"]
+        if any(_operation_identifier(op) in self.config.poison_ids for op in operations):
+            return _batch_error(400, "batch", "poisoned operation (test)")
+        errors = []
+        for index, op in enumerate(operations):
+            problem = _operation_error(op)
+            identifier = _operation_identifier(op)
+            if problem is None and identifier in self.config.reject_ids:
+                problem = ("identifiers", "rejected by test")
+            if problem is None:
+                assert identifier is not None
+                self.batch_accepted.append((identifier, op.get("attributes") or {}))
+            else:
+                field_name, message = problem
+                errors.append(
+                    {
+                        "batch_index": index,
+                        "reason": "invalid",
+                        "field": field_name,
+                        "message": message,
+                    }
+                )
+        return _json(207, {"errors": errors}) if errors else _json(200, {})
 
     async def _not_found(self, request: web.Request, record: Recorded) -> web.Response:
         return _error(404, "Not Found")
