@@ -77,7 +77,7 @@ class Plan:
     """The options resolved against the input's columns: which column plays which part."""
 
     id_column: str
-    email_column: str | None
+    email_column: str
     date_columns: frozenset[str]
     tz: ZoneInfo | None  # None: naive times are UTC
     options: NormalizeOptions
@@ -109,7 +109,9 @@ def plan(options: NormalizeOptions, columns: list[str]) -> Plan:
         )
     if options.email_column is not None:
         require(options.email_column, "--email-column")
-    email_column = options.email_column or ("email" if "email" in present else None)
+    # `email` and `created_at` keep their meaning even when absent from these columns: a JSONL
+    # key may first appear in a later chunk, and must be checked and converted there too.
+    email_column = options.email_column or "email"
     for name in options.date_columns:
         require(name, "--date-column")
     for name in options.types:
@@ -118,7 +120,7 @@ def plan(options: NormalizeOptions, columns: list[str]) -> Plan:
         require(name, "--rename")
     for name in options.exclude:
         require(name, "--exclude")
-    dates = set(options.date_columns) | ({"created_at"} & present)
+    dates = set(options.date_columns) | {"created_at"}
     for name in dates & set(options.types):
         raise UsageError(f"column {name!r} is a date column; it cannot also have --type")
 
@@ -139,7 +141,7 @@ def plan(options: NormalizeOptions, columns: list[str]) -> Plan:
     else:
         try:
             tz = ZoneInfo(options.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a directory
             raise UsageError(f"--timezone {options.timezone!r}: unknown time zone") from None
     return Plan(id_column, email_column, frozenset(dates), tz, options)
 
@@ -161,11 +163,19 @@ def normalize(chunk: Chunk, plan: Plan) -> list[Record | Rejection]:
         if column in opts.exclude:
             continue
         name = plan.output_name(column)
-        if len(name.encode()) > MAX_NAME_BYTES:
-            message = f"attribute name {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes"
-            _first_reason(reasons, _where(~missing, message))
         if opts.empty == "clear":
             values[missing] = ""
+        sent = cast(Mask, pd.notna(values))
+        if len(name.encode()) > MAX_NAME_BYTES:
+            message = f"attribute name {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes"
+            _first_reason(reasons, _where(sent, message))
+        if name == "id" and column != plan.id_column:
+            # plan() refuses this up front; a JSONL key first seen in a later chunk gets here.
+            message = (
+                f"{column}: an 'id' attribute would differ from the identifier"
+                f" (column {plan.id_column!r}); pass --exclude id, or --rename id=OTHER_NAME"
+            )
+            _first_reason(reasons, _where(sent, message))
         outputs[name] = values
 
     ids, id_errors = _identifiers(plan.id_column, id_values)
@@ -448,16 +458,23 @@ def _iso_seconds(text: pd.Series, tz: ZoneInfo | None) -> npt.NDArray[np.float64
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
 _INT = re.compile(r"[+-]?\d+")
+# The integers a payload can carry: orjson serializes 64-bit integers only.
+_INT_RANGE = range(-(2**63), 2**64)
 
 
 def _to_int(v: Any) -> int | None:
     if type(v) is int:
-        return v
-    if type(v) is float:
-        return int(v) if v.is_integer() else None
-    if type(v) is str and _INT.fullmatch(v.strip()):
-        return int(v)
-    return None
+        i = v
+    elif type(v) is float and v.is_integer():
+        i = int(v)
+    elif type(v) is str and _INT.fullmatch(v.strip()):
+        try:
+            i = int(v)
+        except ValueError:  # more digits than Python converts (4300)
+            return None
+    else:
+        return None
+    return i if i in _INT_RANGE else None
 
 
 def _to_float(v: Any) -> float | None:

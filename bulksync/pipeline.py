@@ -121,6 +121,7 @@ class Pipeline:
         self.requests = 0
         self.stopping = False
         self._last_success = time.monotonic()
+        self._failures_since_success = 0  # transient answers since the last success
         self._queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=options.workers * 2)
         self._reader: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
@@ -210,6 +211,7 @@ class Pipeline:
             response = await self._request(job)
             if response.kind is Kind.OK:
                 self._last_success = time.monotonic()
+                self._failures_since_success = 0
                 # A 207 lists the operations it refused; every other one was accepted.
                 refused = _refused_operations(response.body) if response.status == 207 else {}
                 for index, record in enumerate(records):
@@ -220,11 +222,14 @@ class Pipeline:
             if response.kind is Kind.FATAL:
                 raise FatalAnswer(response.error or "the API refused the run")
             if response.kind is Kind.TRANSIENT:
+                self._failures_since_success += 1
                 log.debug("rows %d..: attempt %d: %s", records[0].row, attempts, response.error)
             out_of_retries = attempts > self.options.max_retries
-            if response.kind is Kind.TRANSIENT and out_of_retries and self._last_success < started:
-                # Outage breaker: nothing has succeeded since this job was first tried, so the
-                # API is down, not these rows. Stop rather than mark row after row failed.
+            outage = self._last_success < started and self._failures_since_success > attempts
+            if response.kind is Kind.TRANSIENT and out_of_retries and outage:
+                # Outage breaker: nothing has succeeded since this job was first tried, and
+                # other jobs failed too, so the API is down, not these rows. Stop rather than
+                # mark row after row failed.
                 raise FatalAnswer(
                     f"the Track API kept failing ({response.error}) and nothing succeeded"
                     f" for {time.monotonic() - self._last_success:.0f}s"

@@ -49,14 +49,17 @@ class RateLimiter:
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
     async def acquire(self) -> None:
-        while (wait := self._paused_until - time.monotonic()) > 0:
-            await asyncio.sleep(wait)
-        await self._pacer.acquire()
         while True:
-            now = time.monotonic()
-            while self._starts and self._starts[0] <= now - self.window:
-                self._starts.popleft()
-            if len(self._starts) < self.max_starts:
-                self._starts.append(now)
-                return
-            await asyncio.sleep(self._starts[0] + self.window - now)
+            while (wait := self._paused_until - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            await self._pacer.acquire()
+            while True:
+                now = time.monotonic()
+                if self._paused_until > now:
+                    break  # a pause began while this start waited: wait it out, queue again
+                while self._starts and self._starts[0] <= now - self.window:
+                    self._starts.popleft()
+                if len(self._starts) < self.max_starts:
+                    self._starts.append(now)
+                    return
+                await asyncio.sleep(self._starts[0] + self.window - now)

@@ -92,9 +92,9 @@ def read_chunks(path: str, options: SourceOptions | None = None) -> Generator[Ch
     """Yield the input's rows in chunks of at most `options.chunk_size` rows."""
     options = options or SourceOptions()
     try:
-        codecs.lookup(options.encoding)
+        b"".decode(options.encoding)  # unknown, or not a text encoding ("hex"): LookupError
     except LookupError:
-        raise UsageError(f"unknown encoding {options.encoding!r}") from None
+        raise UsageError(f"unknown text encoding {options.encoding!r}") from None
     raw = _open(path)
     try:
         binary = raw
@@ -109,13 +109,20 @@ def read_chunks(path: str, options: SourceOptions | None = None) -> Generator[Ch
         # A truncated or corrupt .gz surfaces here, part-way through the file.
         raise InputError(f"{input_name(path)}: cannot read: {exc}") from None
     finally:
-        if raw is not sys.stdin.buffer:
+        if path != "-":
             raw.close()
+        elif raw is not sys.stdin.buffer:
+            raw.detach()  # our peekable wrapper around stdin: leave stdin itself open
 
 
 def _open(path: str) -> io.BufferedReader:
     if path == "-":
-        return sys.stdin.buffer  # type: ignore[return-value]
+        stdin = sys.stdin.buffer
+        if isinstance(stdin, io.BufferedReader):
+            return stdin
+        # A replaced stdin (an embedding application, click's CliRunner) may not be able to
+        # peek, which gzip and format detection need.
+        return io.BufferedReader(stdin)  # type: ignore[arg-type]
     p = Path(path)
     if p.is_dir():
         raise InputError(f"{path} is a directory, not a CSV or JSONL file")

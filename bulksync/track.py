@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import enum
 import ipaddress
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -113,9 +114,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        # "inf" and "1e400" parse too: waiting for ever would hang every worker.
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
