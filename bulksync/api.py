@@ -16,17 +16,20 @@ from typing import Any
 
 from .errors import UsageError
 from .normalize import NormalizeOptions, Record, normalize, plan
-from .pipeline import Items, Pipeline, SendOptions, preflight
+from .pipeline import Pipeline, SendOptions, preflight
+from .plan import Items, Unchanged, changed, pending
 from .ratelimit import RateLimiter
 from .results import (
     InputIdentity,
     ResultsLog,
+    Status,
     Summary,
     default_results_path,
     is_transient,
     outcome_line,
 )
 from .source import SourceOptions, read_chunks
+from .state import StateStore
 from .track import Credentials, TrackClient, resolve_base_url
 
 
@@ -41,6 +44,8 @@ class SyncOptions:
     dry_run: bool = False
     fresh: bool = False  # start the results file over instead of resuming it
     grace: float = 10.0  # seconds in-flight requests may finish after SIGINT/SIGTERM
+    state: Path | None = None  # diff state store: skip rows whose payload was accepted as is
+    full: bool = False  # with `state`: send every row anyway, and refresh the state
 
 
 Progress = Callable[[str], None]
@@ -76,17 +81,24 @@ def sync(
         # Plan against the first chunk's columns, so a wrong option fails before anything is
         # sent or written.
         column_plan = plan(options.normalize, list(first.frame.columns))
-        with ResultsLog(results_path, identity, fresh=fresh, dry_run=options.dry_run) as log:
-            items = (normalize(chunk, column_plan) for chunk in itertools.chain([first], chunks))
+        with (
+            ResultsLog(results_path, identity, fresh=fresh, dry_run=options.dry_run) as log,
+            _state(options, input_path) as store,
+        ):
+            items: Iterator[Items] = (
+                normalize(chunk, column_plan) for chunk in itertools.chain([first], chunks)
+            )
             if log.resumed:
-                items = (_pending(batch, log) for batch in items)
+                items = (pending(batch, log) for batch in items)
+            if store is not None and not options.full:
+                items = (changed(batch, store) for batch in items)
             requests, interrupted = 0, False
             if options.dry_run:
                 _dry_run(items, log, progress)
             else:
                 assert credentials is not None
                 requests, interrupted = asyncio.run(
-                    _send(items, log, base_url, credentials, options, progress)
+                    _send(items, log, base_url, credentials, options, progress, store)
                 )
     return Summary(
         results_path=results_path,
@@ -116,7 +128,7 @@ def retry(
     base_url = resolve_base_url(options.send.region, options.send.base_url)
     if not results_path.is_file():
         raise UsageError(f"{results_path}: no such results file")
-    with ResultsLog(results_path, None) as log:
+    with ResultsLog(results_path, None) as log, _state(options, str(results_path)) as store:
         records: Items = [
             Record(line["row"], line["id"], line["payload"])
             for line in log.failed()
@@ -124,7 +136,7 @@ def retry(
         ]
         resumed = log.resumed
         requests, interrupted = asyncio.run(
-            _send(iter([records]), log, base_url, credentials, options, progress)
+            _send(iter([records]), log, base_url, credentials, options, progress, store)
         )
     return Summary(
         results_path=results_path,
@@ -136,22 +148,29 @@ def retry(
     )
 
 
-def _pending(items: Items, log: ResultsLog) -> Items:
-    """Resume: drop the rows that already have an outcome in the results file."""
-    return [item for item in items if log.status(item.row) is None]
+def _state(options: SyncOptions, input_path: str) -> contextlib.AbstractContextManager[Any]:
+    if options.state is None:
+        return contextlib.nullcontext()
+    # A dry run only reads the state: it records no run.
+    return StateStore(options.state, input_name=None if options.dry_run else input_path)
 
 
 def _dry_run(items: Iterator[Items], log: ResultsLog, progress: Progress | None) -> None:
     while (chunk := next(items, None)) is not None:
         for item in chunk:
+            status: Status
             if isinstance(item, Record):
-                line = outcome_line(item.row, item.identifier, "valid", payload=item.attributes)
-                log.write(item.row, "valid", line)
+                status = "valid"
+                line = outcome_line(item.row, item.identifier, status, payload=item.attributes)
+            elif isinstance(item, Unchanged):
+                status = "unchanged"
+                line = outcome_line(item.row, item.identifier, status)
             else:
-                line = outcome_line(item.row, item.identifier, "invalid", error=item.reason)
-                log.write(item.row, "invalid", line)
+                status = "invalid"
+                line = outcome_line(item.row, item.identifier, status, error=item.reason)
+            log.write(item.row, status, line)
             if progress is not None:
-                progress("valid" if isinstance(item, Record) else "invalid")
+                progress(status)
         log.flush()
         del chunk  # free this chunk's rows before the next one is read
 
@@ -163,6 +182,7 @@ async def _send(
     credentials: Credentials,
     options: SyncOptions,
     progress: Progress | None,
+    state: StateStore | None = None,
 ) -> tuple[int, bool]:
     """Send every record; return (requests made, whether a signal interrupted the run)."""
     send = options.send
@@ -172,7 +192,7 @@ async def _send(
     ) as client:
         account, checks = await preflight(client, limiter, send)
         _check_region(account.body, send)
-        pipeline = Pipeline(client, log, send, limiter=limiter, progress=progress)
+        pipeline = Pipeline(client, log, send, limiter=limiter, progress=progress, state=state)
         loop = asyncio.get_running_loop()
         signals = (signal.SIGINT, signal.SIGTERM)
         for sig in signals:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar, cast
 
@@ -22,6 +23,7 @@ from .pipeline import SendOptions
 from .report import Progress, estimate_rows, setup_logging, summary_lines
 from .results import Summary
 from .source import Format, SourceOptions, input_name
+from .state import StateStore
 
 TYPES = ("int", "float", "bool", "str")
 
@@ -134,6 +136,12 @@ def send_options(command: F) -> F:
                 help="With --batch: most people per request (requests also stay under 500 KB).",
             ),
             click.option(
+                "--state",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="Diff state file (SQLite, created on first use): rows whose payload"
+                " Customer.io already accepted are 'unchanged' and not sent again.",
+            ),
+            click.option(
                 "--grace",
                 type=click.FloatRange(min=0),
                 default=10.0,
@@ -226,6 +234,11 @@ def main() -> None:
 )
 @click.option("--dry-run", is_flag=True, help="Validate every row and write results; send nothing.")
 @click.option("--fresh", is_flag=True, help="Start the results file over instead of resuming it.")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="With --state: send every row, changed or not, and refresh the state.",
+)
 @connection_options
 @send_options
 @click.option("--limit", type=click.IntRange(min=1), help="Process only the first N rows.")
@@ -253,6 +266,7 @@ def sync_command(
     results: Path | None,
     dry_run: bool,
     fresh: bool,
+    full: bool,
     region: str,
     base_url: str | None,
     timeout: float,
@@ -261,6 +275,7 @@ def sync_command(
     max_retries: int,
     batch: bool,
     batch_size: int,
+    state: Path | None,
     grace: float,
     quiet: bool,
     as_json: bool,
@@ -303,6 +318,8 @@ def sync_command(
         dry_run=dry_run,
         fresh=fresh,
         grace=grace,
+        state=state,
+        full=full,
     )
     what = f"{'dry run' if dry_run else 'sync'} of {input_name(input_path)}"
     total = None
@@ -338,6 +355,7 @@ def retry_command(
     max_retries: int,
     batch: bool,
     batch_size: int,
+    state: Path | None,
     grace: float,
     quiet: bool,
     as_json: bool,
@@ -353,6 +371,7 @@ def retry_command(
             rate, concurrency, max_retries, timeout, region, base_url, batch, batch_size
         ),
         grace=grace,
+        state=state,
     )
     _run(
         f"retry of {results_path}",
@@ -431,6 +450,44 @@ def check_command(region: str, base_url: str | None, timeout: float) -> None:
         f" workspace (environment) id {account.get('environment_id', '?')},"
         f" track URL {account.get('url', '?')}"
     )
+
+
+@main.group("state")
+def state_group() -> None:
+    """Inspect or fix a diff state file (see sync --state)."""
+
+
+@state_group.command("stats")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def state_stats_command(path: Path) -> None:
+    """How many identifiers PATH knows, and its last run."""
+    with StateStore(path) as store:
+        stats = store.stats()
+    click.echo(f"identifiers: {stats['identifiers']:,}")
+    run = stats["last_run"]
+    if run is None:
+        click.echo("last run: none")
+        return
+    started = datetime.fromtimestamp(run["started_at"], UTC).isoformat(timespec="seconds")
+    finished = (
+        datetime.fromtimestamp(run["finished_at"], UTC).isoformat(timespec="seconds")
+        if run["finished_at"]
+        else "not finished"
+    )
+    click.echo(
+        f"last run: {run['input']}, started {started}, finished {finished},"
+        f" {run['accepted']:,} rows accepted"
+    )
+
+
+@state_group.command("forget")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("identifiers", nargs=-1, required=True)
+def state_forget_command(path: Path, identifiers: tuple[str, ...]) -> None:
+    """Forget IDENTIFIERS in PATH, so their next row is sent even if unchanged."""
+    with StateStore(path) as store:
+        known = store.forget(identifiers)
+    click.echo(f"forgot {known} of {len(identifiers)} identifiers")
 
 
 @main.command("fake-server")

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from .batch import DEFAULT_BATCH_SIZE, Batch, pack
 from .errors import AbortError
 from .normalize import Record, Rejection
+from .plan import Items, Unchanged
 from .ratelimit import RateLimiter
 from .results import ResultsLog, Status, outcome_line
+from .state import StateStore
 from .track import DEFAULT_TIMEOUT, Kind, Response, TrackClient
 
-Items = list[Record | Rejection]
 Job = Record | Batch  # what a worker sends in one request
 log = logging.getLogger("bulksync")
 
@@ -111,8 +112,10 @@ class Pipeline:
         limiter: RateLimiter | None = None,
         progress: Callable[[Status], None] | None = None,
         rng: random.Random | None = None,
+        state: StateStore | None = None,
     ) -> None:
         self.client = client
+        self.state = state
         self.results = results
         self.options = options
         self.limiter = limiter
@@ -163,13 +166,15 @@ class Pipeline:
         for task in self._workers:
             task.cancel()
 
-    def _next_jobs(self, chunks: Iterator[Items]) -> Sequence[Job | Rejection] | None:
+    def _next_jobs(self, chunks: Iterator[Items]) -> Sequence[Job | Rejection | Unchanged] | None:
         """The next chunk as jobs (records, or batches of them), run in the reader's thread."""
         items = next(chunks, None)
         if items is None or not self.options.batch:
             return items
         records = [item for item in items if isinstance(item, Record)]
-        jobs: list[Job | Rejection] = [item for item in items if isinstance(item, Rejection)]
+        jobs: list[Job | Rejection | Unchanged] = [
+            item for item in items if not isinstance(item, Record)
+        ]
         jobs.extend(pack(records, self.options.batch_size))
         return jobs
 
@@ -179,6 +184,10 @@ class Pipeline:
                 if isinstance(job, Rejection):
                     line = outcome_line(job.row, job.identifier, "invalid", error=job.reason)
                     self._write(job.row, "invalid", line)
+                elif isinstance(job, Unchanged):
+                    self._write(
+                        job.row, "unchanged", outcome_line(job.row, job.identifier, "unchanged")
+                    )
                 else:
                     await self._queue.put(job)
             self.results.flush()
@@ -269,6 +278,8 @@ class Pipeline:
                 mode=mode,
             )
             self._write(record.row, "ok", line)
+            if self.state is not None:
+                self.state.record_accepted(record.identifier, record.attributes)
             return
         log.error("row %d (id %s) failed: %s", record.row, record.identifier, error)
         line = outcome_line(

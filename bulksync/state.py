@@ -1,0 +1,164 @@
+"""The diff state store (`--state PATH`): what Customer.io last accepted for each identifier.
+
+For each identifier it keeps a hash of the last payload the API **accepted** — never of one
+merely sent — so a row whose normalized payload hashes the same on the next run is `unchanged`
+and not sent again. The hash is of the payload itself (keys sorted), so it does not depend on
+the input's column order, and every option that changes what is sent (--rename, --exclude,
+--type, --empty, --update-only) changes it too, which resends.
+
+Accepted rows are recorded in batched transactions after their answers: a crash can at worst
+forget a few acceptances (those rows are sent again next time), never mark a changed row as sent.
+One SQLite file, WAL mode; one connection shared by the reader thread (lookups) and the event
+loop (updates) behind a lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import orjson
+
+from .errors import UsageError
+
+FLUSH_EVERY = 1000  # accepted rows per transaction
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS state (
+    identifier TEXT PRIMARY KEY,
+    hash BLOB NOT NULL,
+    accepted_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs (
+    started_at INTEGER NOT NULL,
+    finished_at INTEGER,
+    input TEXT,
+    accepted INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+def payload_hash(attributes: dict[str, Any]) -> bytes:
+    """A stable 16-byte hash of a payload: independent of key order."""
+    return hashlib.blake2b(
+        orjson.dumps(attributes, option=orjson.OPT_SORT_KEYS), digest_size=16
+    ).digest()
+
+
+class StateStore:
+    """Open (or create) the state file at `path`; use as a context manager."""
+
+    def __init__(self, path: Path, *, input_name: str | None = None) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise UsageError(f"cannot open the state file {path}: {exc}") from None
+        path.chmod(0o600)  # identifiers are personal data
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, bytes, int]] = []
+        self.accepted = 0
+        self._run = (
+            self._db.execute(
+                "INSERT INTO runs (started_at, input) VALUES (?, ?)", (int(time.time()), input_name)
+            ).lastrowid
+            if input_name is not None
+            else None
+        )
+
+    def last_hashes(self, identifiers: Iterable[str]) -> dict[str, bytes]:
+        """The accepted hash of each of `identifiers` that has one."""
+        found: dict[str, bytes] = {}
+        unique = list(dict.fromkeys(identifiers))
+        with self._lock:
+            # A temporary table joins in one statement, whatever the number of identifiers.
+            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS probe (identifier TEXT PRIMARY KEY)")
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT INTO probe VALUES (?)", ((i,) for i in unique))
+            rows = self._db.execute(
+                "SELECT s.identifier, s.hash FROM probe JOIN state s USING (identifier)"
+            ).fetchall()
+            self._db.execute("DELETE FROM probe")
+            self._db.execute("COMMIT")
+        found.update(rows)
+        return found
+
+    def record_accepted(self, identifier: str, attributes: dict[str, Any]) -> None:
+        """Customer.io accepted this payload; it is written with the next batch."""
+        self._pending.append((identifier, payload_hash(attributes), int(time.time())))
+        if len(self._pending) >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO state VALUES (?, ?, ?) ON CONFLICT (identifier) DO UPDATE"
+                " SET hash = excluded.hash, accepted_at = excluded.accepted_at",
+                pending,
+            )
+            if self._run is not None:
+                self._db.execute(
+                    "UPDATE runs SET accepted = accepted + ? WHERE rowid = ?",
+                    (len(pending), self._run),
+                )
+            self._db.execute("COMMIT")
+        self.accepted += len(pending)
+
+    def forget(self, identifiers: Iterable[str]) -> int:
+        """Drop identifiers from the state, so their next row is sent; how many were known."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            cursor = self._db.executemany(
+                "DELETE FROM state WHERE identifier = ?", ((i,) for i in identifiers)
+            )
+            self._db.execute("COMMIT")
+        return cursor.rowcount
+
+    def stats(self) -> dict[str, Any]:
+        """Identifiers known, and the last run's start, end, input and accepted count."""
+        with self._lock:
+            (rows,) = self._db.execute("SELECT count(*) FROM state").fetchone()
+            last = self._db.execute(
+                "SELECT started_at, finished_at, input, accepted FROM runs"
+                " ORDER BY started_at DESC, rowid DESC LIMIT 1"
+            ).fetchone()
+        keys = ("started_at", "finished_at", "input", "accepted")
+        return {
+            "identifiers": rows,
+            "last_run": dict(zip(keys, last, strict=True)) if last else None,
+        }
+
+    def close(self) -> None:
+        try:
+            self.flush()
+            if self._run is not None:
+                with self._lock:
+                    self._db.execute(
+                        "UPDATE runs SET finished_at = ? WHERE rowid = ?",
+                        (int(time.time()), self._run),
+                    )
+        finally:
+            self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
