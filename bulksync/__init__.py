@@ -1,6 +1,6 @@
 """bulksync: sync customer rows from CSV and JSONL files into Customer.io's Track API."""
 
-from .api import SyncOptions, check, sync
+from .api import SyncOptions, check, retry, sync
 from .errors import AbortError, BulksyncError, CredentialsError, InputError, UsageError
 from .normalize import NormalizeOptions, Record, Rejection
 from .pipeline import SendOptions
@@ -23,5 +23,6 @@ __all__ = [
     "SyncOptions",
     "UsageError",
     "check",
+    "retry",
     "sync",
 ]

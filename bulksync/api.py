@@ -102,7 +102,7 @@ def sync(
                 )
     return Summary(
         results_path=results_path,
-        counts=dict(log.counts),
+        counts={status: n for status, n in log.counts.items() if n},
         elapsed=time.monotonic() - started,
         dry_run=options.dry_run,
         requests=requests,
@@ -140,7 +140,7 @@ def retry(
         )
     return Summary(
         results_path=results_path,
-        counts=dict(log.counts),
+        counts={status: n for status, n in log.counts.items() if n},
         elapsed=time.monotonic() - started,
         requests=requests,
         resumed=resumed - len(records),

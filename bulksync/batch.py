@@ -66,8 +66,9 @@ class Batch:
 
 
 def pack(records: Iterable[Record], batch_size: int) -> Iterator[Batch | Rejection]:
-    """Batches of at most `batch_size` operations and MAX_REQUEST_BYTES bytes, in row order.
-    A row whose operation alone is over MAX_OPERATION_BYTES is rejected, never sent."""
+    """Batches of at most `batch_size` operations and under MAX_REQUEST_BYTES bytes, each in
+    row order. A row whose operation alone is over MAX_OPERATION_BYTES is rejected at once (so
+    a rejection may come before the batch that holds earlier rows), never sent."""
     rows: list[Record] = []
     ops: list[bytes] = []
     size = len(_OPEN) + len(_CLOSE)
@@ -81,7 +82,8 @@ def pack(records: Iterable[Record], batch_size: int) -> Iterator[Batch | Rejecti
             )
             continue
         added = len(op) + (1 if ops else 0)  # the comma between operations
-        if ops and (len(ops) >= batch_size or size + added > MAX_REQUEST_BYTES):
+        # "< 500 KB": a request of exactly MAX_REQUEST_BYTES is already too large.
+        if ops and (len(ops) >= batch_size or size + added >= MAX_REQUEST_BYTES):
             yield Batch(rows, ops)
             rows, ops, size = [], [], len(_OPEN) + len(_CLOSE)
             added = len(op)

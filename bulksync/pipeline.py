@@ -210,6 +210,7 @@ class Pipeline:
         records = job.records if isinstance(job, Batch) else [job]
         mode = "batch" if isinstance(job, Batch) else "single"
         started = time.monotonic()
+        tries = 0  # this job's own requests: its retry budget (a split's 400s do not count)
         while True:
             if self.limiter is not None:
                 await self.limiter.acquire()
@@ -217,6 +218,7 @@ class Pipeline:
                 return  # not started: no outcome, sent again on resume
             self.requests += 1
             attempts += 1
+            tries += 1
             response = await self._request(job)
             if response.kind is Kind.OK:
                 self._last_success = time.monotonic()
@@ -233,8 +235,8 @@ class Pipeline:
             if response.kind is Kind.TRANSIENT:
                 self._failures_since_success += 1
                 log.debug("rows %d..: attempt %d: %s", records[0].row, attempts, response.error)
-            out_of_retries = attempts > self.options.max_retries
-            outage = self._last_success < started and self._failures_since_success > attempts
+            out_of_retries = tries > self.options.max_retries
+            outage = self._last_success < started and self._failures_since_success > tries
             if response.kind is Kind.TRANSIENT and out_of_retries and outage:
                 # Outage breaker: nothing has succeeded since this job was first tried, and
                 # other jobs failed too, so the API is down, not these rows. Stop rather than
@@ -243,7 +245,8 @@ class Pipeline:
                     f"the Track API kept failing ({response.error}) and nothing succeeded"
                     f" for {time.monotonic() - self._last_success:.0f}s"
                 )
-            if response.kind is Kind.TERMINAL and isinstance(job, Batch) and len(job) > 1:
+            whole_request_refused = response.status in (400, 413)
+            if whole_request_refused and isinstance(job, Batch) and len(job) > 1:
                 # The API refused the whole request, maybe for one bad operation: send the
                 # halves apart, so the good rows still land and the bad one is isolated.
                 for half in job.halves():
@@ -260,9 +263,7 @@ class Pipeline:
             if response.status == 429 and response.retry_after and self.limiter is not None:
                 # The API asked everyone to slow down, not only this request.
                 self.limiter.pause(response.retry_after)
-            await asyncio.sleep(
-                backoff_delay(attempts, response.retry_after, self.options, self.rng)
-            )
+            await asyncio.sleep(backoff_delay(tries, response.retry_after, self.options, self.rng))
 
     def _outcome(
         self, record: Record, mode: str, http_status: int | None, attempts: int, error: str | None

@@ -92,9 +92,12 @@ def read_chunks(path: str, options: SourceOptions | None = None) -> Generator[Ch
     """Yield the input's rows in chunks of at most `options.chunk_size` rows."""
     options = options or SourceOptions()
     try:
-        b"".decode(options.encoding)  # unknown, or not a text encoding ("hex"): LookupError
+        codec: codecs.CodecInfo | None = codecs.lookup(options.encoding)
     except LookupError:
-        raise UsageError(f"unknown text encoding {options.encoding!r}") from None
+        codec = None
+    # "hex" or "base64" are codecs too, but bytes-to-bytes ones: not text encodings.
+    if codec is None or not getattr(codec, "_is_text_encoding", True):
+        raise UsageError(f"unknown text encoding {options.encoding!r}")
     raw = _open(path)
     try:
         binary = raw

@@ -487,7 +487,7 @@ class FakeTrackAPI:
         """POST /api/v2/batch: 200 when every operation is accepted, 207 listing the refused
         ones by `batch_index` (all others accepted), 400 when the request as a whole is bad."""
         body = record.body
-        if record.size > MAX_BATCH_BYTES:
+        if record.size >= MAX_BATCH_BYTES:  # the API's "< 500 KB"
             return _batch_error(
                 400, "batch", f"request body is larger than {MAX_BATCH_BYTES} bytes"
             )
