@@ -6,6 +6,7 @@ configuration error, nothing sent · 3 aborted part-way, re-run to resume.
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -383,6 +384,10 @@ def retry_command(
     )
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _send_options(
     rate: float,
     concurrency: int | None,
@@ -416,6 +421,9 @@ def _run(
 ) -> NoReturn:
     """Run a sync or retry with a progress bar on a terminal; print the summary; exit."""
     setup_logging(log_file, quiet)
+    # Until the sending loop installs its own graceful handlers (and after it removes them),
+    # SIGTERM must end the run like Ctrl-C, with exit 3, not kill it with the outcome unsaid.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     bar = not (quiet or as_json) and sys.stderr.isatty()
     try:
         with Progress(total, bar, what) as progress:

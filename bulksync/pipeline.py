@@ -209,7 +209,7 @@ class Pipeline:
         refused as a whole is split in two)."""
         records = job.records if isinstance(job, Batch) else [job]
         mode = "batch" if isinstance(job, Batch) else "single"
-        started = time.monotonic()
+        first_failure: float | None = None
         tries = 0  # this job's own requests: its retry budget (a split's 400s do not count)
         while True:
             if self.limiter is not None:
@@ -234,13 +234,18 @@ class Pipeline:
                 raise FatalAnswer(response.error or "the API refused the run")
             if response.kind is Kind.TRANSIENT:
                 self._failures_since_success += 1
+                first_failure = first_failure or time.monotonic()
                 log.debug("rows %d..: attempt %d: %s", records[0].row, attempts, response.error)
             out_of_retries = tries > self.options.max_retries
-            outage = self._last_success < started and self._failures_since_success > tries
+            outage = (
+                first_failure is not None
+                and self._last_success < first_failure
+                and self._failures_since_success > tries
+            )
             if response.kind is Kind.TRANSIENT and out_of_retries and outage:
-                # Outage breaker: nothing has succeeded since this job was first tried, and
-                # other jobs failed too, so the API is down, not these rows. Stop rather than
-                # mark row after row failed.
+                # Outage breaker: nothing has succeeded since this job first failed, and other
+                # jobs failed too, so the API is down, not these rows. Stop rather than mark
+                # row after row failed.
                 raise FatalAnswer(
                     f"the Track API kept failing ({response.error}) and nothing succeeded"
                     f" for {time.monotonic() - self._last_success:.0f}s"
