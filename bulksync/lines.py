@@ -16,6 +16,7 @@ import codecs
 import os
 import select
 import stat
+from collections import deque
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -42,11 +43,13 @@ class QuietLines(Iterator[str]):
     def __init__(self, fd: int, encoding: str, pending: bytes = b"", *, csv_quotes: bool) -> None:
         self._fd = fd
         self._decoder = codecs.getincrementaldecoder(encoding)()
-        self._text = self._decoder.decode(pending)
+        self._lines: deque[str] = deque()
+        self._partial = ""  # text after the last newline read
         self._eof = False
         self._csv_quotes = csv_quotes
         self._open_quotes = False  # inside a quoted CSV field
         self.quiet = False
+        self._add(self._decoder.decode(pending))
 
     def record_done(self) -> None:
         """The reader finished a record: no quoted field is open any more."""
@@ -54,27 +57,29 @@ class QuietLines(Iterator[str]):
 
     def __next__(self) -> str:
         self.quiet = False
-        while True:
-            end = self._text.find("\n")
-            if end >= 0:
-                line, self._text = self._text[: end + 1], self._text[end + 1 :]
-                return self._note(line)
+        while not self._lines:
             if self._eof:
-                if self._text:
-                    line, self._text = self._text, ""
-                    return self._note(line)
-                raise StopIteration
+                if not self._partial:
+                    raise StopIteration
+                self._lines.append(self._partial)
+                self._partial = ""
+                break
             readable, _, _ = select.select([self._fd], [], [], LINGER)
-            if not readable and not self._open_quotes and not self._text:
+            if not readable and not self._open_quotes and not self._partial:
                 self.quiet = True
                 return "\n"
-            if readable or self._text:
-                self._read()
+            if readable or self._partial:
+                block = os.read(self._fd, READ_SIZE)
+                self._eof = not block
+                self._add(self._decoder.decode(block, final=self._eof))
+        return self._note(self._lines.popleft())
 
-    def _read(self) -> None:
-        block = os.read(self._fd, READ_SIZE)
-        self._eof = not block
-        self._text += self._decoder.decode(block, final=self._eof)
+    def _add(self, text: str) -> None:
+        # Split on "\n" only: str.splitlines would also split on \r, \x1c or U+2028 inside a
+        # value, and the CSV reader takes each string it is given for a whole line.
+        parts = (self._partial + text).split("\n")
+        self._partial = parts.pop()
+        self._lines.extend(part + "\n" for part in parts)
 
     def _note(self, line: str) -> str:
         if self._csv_quotes and line.count('"') % 2:

@@ -26,6 +26,7 @@ import orjson
 import pandas as pd
 
 from .errors import InputError, UsageError
+from .lines import QuietLines, is_pipe
 
 Format = Literal["csv", "jsonl"]
 
@@ -104,10 +105,16 @@ def read_chunks(path: str, options: SourceOptions | None = None) -> Generator[Ch
         if raw.peek(2)[:2] == GZIP_MAGIC:  # gzip is recognised by content, whatever the name
             binary = io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"))
         fmt = options.format or detect_format(path, binary.peek(64))
+        lines = None
+        if binary is raw and path == "-" and is_pipe(raw):
+            # A pipe may trickle: read it so that a quiet spell sends the rows held so far.
+            pending = raw.read1(len(raw.peek(1)))  # what peeking already buffered
+            encoding = _text_encoding(options.encoding)
+            lines = QuietLines(raw.fileno(), encoding, pending, csv_quotes=fmt == "csv")
         if fmt == "csv":
-            yield from _read_csv(path, binary, options)
+            yield from _read_csv(path, binary, options, lines)
         else:
-            yield from _read_jsonl(path, binary, options)
+            yield from _read_jsonl(path, binary, options, lines)
     except (OSError, EOFError, zlib.error) as exc:
         # A truncated or corrupt .gz surfaces here, part-way through the file.
         raise InputError(f"{input_name(path)}: cannot read: {exc}") from None
@@ -149,10 +156,12 @@ def _delimiter(path: str, options: SourceOptions) -> str:
     return "\t" if plain.lower().endswith(".tsv") else ","
 
 
-def _read_csv(path: str, binary: BinaryIO, options: SourceOptions) -> Iterator[Chunk]:
+def _read_csv(
+    path: str, binary: BinaryIO, options: SourceOptions, lines: QuietLines | None = None
+) -> Iterator[Chunk]:
     name = input_name(path)
     text = io.TextIOWrapper(binary, encoding=_text_encoding(options.encoding), newline="")
-    reader = csv.reader(text, delimiter=_delimiter(path, options))
+    reader = csv.reader(text if lines is None else lines, delimiter=_delimiter(path, options))
     row_no = 0
     try:
         header = _csv_header(name, reader)
@@ -161,7 +170,12 @@ def _read_csv(path: str, binary: BinaryIO, options: SourceOptions) -> Iterator[C
         rows: list[int] = []
         bad: list[tuple[int, str]] = []
         for fields in reader:
+            if lines is not None:
+                lines.record_done()
             if not fields:
+                if lines is not None and lines.quiet and (rows or bad):
+                    yield Chunk(pd.DataFrame(fields_rows, columns=header, dtype="str"), rows, bad)
+                    fields_rows, rows, bad = [], [], []
                 continue  # a blank line is not a data row
             row_no += 1
             if len(fields) != width:
@@ -208,7 +222,9 @@ def _csv_header(name: str, reader: Iterator[list[str]]) -> list[str]:
     return header
 
 
-def _read_jsonl(path: str, binary: BinaryIO, options: SourceOptions) -> Iterator[Chunk]:
+def _read_jsonl(
+    path: str, binary: BinaryIO, options: SourceOptions, lines: QuietLines | None = None
+) -> Iterator[Chunk]:
     name = input_name(path)
     utf8 = codecs.lookup(options.encoding).name == "utf-8"
     objects: list[dict[str, object]] = []
@@ -216,15 +232,20 @@ def _read_jsonl(path: str, binary: BinaryIO, options: SourceOptions) -> Iterator
     bad: list[tuple[int, str]] = []
     row_no = 0
     first = True
-    for raw in binary:
+    for raw in binary if lines is None else lines:
         line = raw.strip()
-        if first:
+        if first and isinstance(line, bytes):
             line, first = line.removeprefix(UTF8_BOM), False
         if not line:
+            if lines is not None and lines.quiet and (rows or bad):
+                yield Chunk(_frame(objects), rows, bad)
+                objects, rows, bad = [], [], []
             continue  # blank lines are not counted as rows
         row_no += 1
         try:
-            obj = orjson.loads(line if utf8 else line.decode(options.encoding))
+            obj = orjson.loads(
+                line if utf8 or isinstance(line, str) else line.decode(options.encoding)
+            )
         except ValueError as exc:  # orjson.JSONDecodeError or UnicodeDecodeError
             bad.append((row_no, f"malformed JSON: {exc}"))
         else:
