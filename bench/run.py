@@ -18,15 +18,17 @@ import contextlib
 import csv
 import hashlib
 import json
+import os
 import platform
 import shlex
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,14 +93,16 @@ class BenchError(Exception):
     """A benchmarked command failed: the section's figures would mean nothing."""
 
 
-def measure(argv: Sequence[str], expect_rc: int = 0) -> Run:
-    """Run `argv` once in a fresh process; its wall time and peak RSS (children included)."""
+def measure(argv: Sequence[str], expect_rc: int = 0, env: Mapping[str, str] | None = None) -> Run:
+    """Run `argv` once in a fresh process; its wall time and peak RSS (children included).
+    `env`: variables to set for it, on top of this process's environment."""
     out = subprocess.run(
         [sys.executable, "-c", _WRAPPER, *argv],
         capture_output=True,
         text=True,
         check=True,
         cwd=ROOT,
+        env={**os.environ, **env} if env is not None else None,
     )
     r = json.loads(out.stdout)
     if r["rc"] != expect_rc:
@@ -439,10 +443,105 @@ def bench_batch(quick: bool) -> list[str]:
     return blocks
 
 
+STATE_RSS_TARGET = 1.2  # peak RSS of the unchanged re-run over a dry run of the same file
+
+
+def bench_state(quick: bool) -> list[str]:
+    """Re-run of an unchanged CSV with the diff state (`--state`) populated: requests sent beyond
+    the credentials check (goal 0), rows/s (goal >= 100,000), peak RSS (goal <= 1.2x a dry run)."""
+    rows = 100_000 if quick else 1_000_000
+    repeat = 1 if quick else 3
+    path = data_file("csv", rows)
+    sync = [sys.executable, "-m", "bulksync", "sync", str(path), "--quiet"]
+    with tempfile.TemporaryDirectory(prefix="bulksync-bench-") as tmp, simulator() as url:
+        state, results = Path(tmp) / "state.db", Path(tmp) / "results.jsonl"
+        env = {"CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY}
+        env["BULKSYNC_BASE_URL"] = url
+        print(f"state: populating the state, {rows:,} rows ...", file=sys.stderr, flush=True)
+        populate = measure(
+            [*sync, "--state", str(state), "--rate", "0", "--batch", "--results", str(results)],
+            env=env,
+        )
+        with contextlib.closing(sqlite3.connect(state)) as db:
+            (known,) = db.execute("SELECT count(*) FROM state").fetchone()
+        if known != rows:
+            raise BenchError(f"the populating run left {known:,} identifiers in the state")
+
+        reruns, sent = [], []
+        for _ in range(repeat):
+            print(f"state: unchanged re-run, {rows:,} rows ...", file=sys.stderr, flush=True)
+            before = simulator_stats(url)["requests"]
+            argv = [*sync, "--state", str(state), "--results", str(results), "--fresh"]
+            reruns.append(measure(argv, env=env))
+            sent.append(simulator_stats(url)["requests"] - before)
+            unchanged = results.read_bytes().count(b'"status":"unchanged"')
+            if unchanged != rows:
+                raise BenchError(f"the re-run found {unchanged:,} of {rows:,} rows unchanged")
+        dry_results = Path(tmp) / "dry-run.jsonl"
+        print(f"state: dry run, {rows:,} rows x{repeat} ...", file=sys.stderr, flush=True)
+        dry = median_run([*sync, "--dry-run", "--results", str(dry_results)], repeat)
+
+    rerun = Run(
+        wall=statistics.median(r.wall for r in reruns),
+        peak_rss_mib=statistics.median(r.peak_rss_mib for r in reruns),
+    )
+    extra = max(sent) - 1  # every run checks the credentials once: GET /api/v1/accounts/region
+    speed = rows / rerun.wall / ROWS_PER_SECOND_TARGET
+    rss = rerun.peak_rss_mib / dry.peak_rss_mib
+    measured = table(
+        ["run", "rows", "wall s", "rows/s", "peak RSS MiB", "requests"],
+        [
+            [
+                "populate: --state --batch --rate 0",
+                rows,
+                populate.wall,
+                rows / populate.wall,
+                populate.peak_rss_mib,
+                "",
+            ],
+            [
+                "re-run, unchanged: --state --fresh",
+                rows,
+                rerun.wall,
+                rows / rerun.wall,
+                rerun.peak_rss_mib,
+                max(sent),
+            ],
+            ["dry run: --dry-run", rows, dry.wall, rows / dry.wall, dry.peak_rss_mib, 0],
+        ],
+    )
+    ratios = table(
+        ["goal", "measured", "verdict"],
+        [
+            ["requests beyond the credentials check = 0", extra, "met" if extra == 0 else "MISSED"],
+            [
+                f"re-run rows/s / {ROWS_PER_SECOND_TARGET:,} target",
+                f"{speed:.2f}x",
+                "met" if speed >= 1 else "below",
+            ],
+            [
+                f"re-run RSS / dry-run RSS (target <= {STATE_RSS_TARGET}x)",
+                f"{rss:.2f}x",
+                "met" if rss <= STATE_RSS_TARGET else "above",
+            ],
+        ],
+    )
+    note = (
+        "A nightly re-run of a file that did not change: the state (`--state`, SQLite) was"
+        " populated by one batch-mode run against the simulator (its own process, latency 0),"
+        " then `python -m bulksync sync FILE --state S --quiet --results R --fresh` runs again"
+        f" (median of {repeat}, each in a fresh process; wall time includes interpreter start-up,"
+        " imports and fingerprinting the input), beside a dry run of the same file. Requests are"
+        " counted by the simulator; each run makes one credentials check before any row."
+    )
+    return ["## state\n\n" + note, measured, ratios]
+
+
 SECTIONS: dict[str, Callable[[bool], list[str]]] = {
     "dryrun": bench_dryrun,
     "send": bench_send,
     "batch": bench_batch,
+    "state": bench_state,
 }
 
 
@@ -460,8 +559,6 @@ def _cpu_model() -> str:
 
 
 def _header(argv: Sequence[str], commit: str) -> str:
-    import os
-
     import pandas as pd
 
     command = shlex.join(["python", "bench/run.py", *argv])
