@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .normalize import NormalizeOptions, Record, normalize, plan
+from .normalize import NormalizeOptions, Record, normalize, plan_columns
 from .pipeline import Pipeline, SendOptions, preflight
 from .plan import Items, Unchanged, changed, pending
 from .ratelimit import RateLimiter
@@ -78,9 +78,9 @@ def sync(
     fresh = options.fresh or options.dry_run
     with contextlib.closing(read_chunks(input_path, options.source)) as chunks:
         first = next(chunks)
-        # Plan against the first chunk's columns, so a wrong option fails before anything is
-        # sent or written.
-        column_plan = plan(options.normalize, list(first.frame.columns))
+        # Resolve the options against the first chunk's columns, so a wrong option fails
+        # before anything is sent or written.
+        column_plan = plan_columns(options.normalize, list(first.frame.columns))
         with (
             ResultsLog(results_path, identity, fresh=fresh, dry_run=options.dry_run) as log,
             _state(options, input_path) as store,

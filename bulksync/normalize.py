@@ -73,7 +73,7 @@ class NormalizeOptions:
 
 
 @dataclass(frozen=True)
-class Plan:
+class ColumnPlan:
     """The options resolved against the input's columns: which column plays which part."""
 
     id_column: str
@@ -86,7 +86,7 @@ class Plan:
         return self.options.rename.get(column, column)
 
 
-def plan(options: NormalizeOptions, columns: list[str]) -> Plan:
+def plan_columns(options: NormalizeOptions, columns: list[str]) -> ColumnPlan:
     """Check the options against the input's columns; raise UsageError naming what is wrong."""
     found = f"columns found: {', '.join(columns) or '(none)'}"
     present = set(columns)
@@ -143,10 +143,10 @@ def plan(options: NormalizeOptions, columns: list[str]) -> Plan:
             tz = ZoneInfo(options.timezone)
         except (ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a directory
             raise UsageError(f"--timezone {options.timezone!r}: unknown time zone") from None
-    return Plan(id_column, email_column, frozenset(dates), tz, options)
+    return ColumnPlan(id_column, email_column, frozenset(dates), tz, options)
 
 
-def normalize(chunk: Chunk, plan: Plan) -> list[Record | Rejection]:
+def normalize(chunk: Chunk, plan: ColumnPlan) -> list[Record | Rejection]:
     """Every row of `chunk` as a Record or a Rejection, in row order."""
     frame, opts = chunk.frame, plan.options
     n = len(chunk.rows)
@@ -170,7 +170,7 @@ def normalize(chunk: Chunk, plan: Plan) -> list[Record | Rejection]:
             message = f"attribute name {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes"
             _first_reason(reasons, _where(sent, message))
         if name == "id" and column != plan.id_column:
-            # plan() refuses this up front; a JSONL key first seen in a later chunk gets here.
+            # plan_columns() refuses this up front; a JSONL key first seen later gets here.
             message = (
                 f"{column}: an 'id' attribute would differ from the identifier"
                 f" (column {plan.id_column!r}); pass --exclude id, or --rename id=OTHER_NAME"
@@ -214,7 +214,7 @@ def normalize(chunk: Chunk, plan: Plan) -> list[Record | Rejection]:
 Converter = Callable[[str, pd.Series, Mask], tuple[Objects, Objects]]
 
 
-def _convert(column: str, s: pd.Series, missing: Mask, plan: Plan) -> tuple[Objects, Objects]:
+def _convert(column: str, s: pd.Series, missing: Mask, plan: ColumnPlan) -> tuple[Objects, Objects]:
     if column in plan.date_columns:
         return _dates(column, s, missing, plan.tz)
     if column == plan.email_column:

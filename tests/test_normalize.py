@@ -54,7 +54,9 @@ def jsonl_chunk(objects: Sequence[Mapping[str, Any]], first_row: int = 1) -> Chu
 
 
 def run(chunk: Chunk, **options: Any) -> list[Item]:
-    return nz.normalize(chunk, nz.plan(NormalizeOptions(**options), list(chunk.frame.columns)))
+    return nz.normalize(
+        chunk, nz.plan_columns(NormalizeOptions(**options), list(chunk.frame.columns))
+    )
 
 
 def run_csv(columns: Mapping[str, Sequence[str]], **options: Any) -> list[Item]:
@@ -737,7 +739,7 @@ def test_first_problem_is_the_reason_and_rows_keep_their_order() -> None:
     chunk = Chunk(
         frame, [4, 6, 7], [(5, "row has 3 fields but the header has 2"), (8, "malformed")]
     )
-    items = nz.normalize(chunk, nz.plan(NormalizeOptions(), ["id", "email"]))
+    items = nz.normalize(chunk, nz.plan_columns(NormalizeOptions(), ["id", "email"]))
     assert [i.row for i in items] == [4, 5, 6, 7, 8]
     assert items[0] == Rejection(4, None, reason(items[0]))
     assert reason(items[0]).startswith("email: invalid email 'x'")  # columns in order
@@ -754,7 +756,7 @@ def test_keys_first_seen_in_a_later_chunk_get_the_same_treatment() -> None:
     """The plan is made from the first chunk's columns; a JSONL key that first appears later
     must still be converted (created_at), validated (email), and never sent as a second id."""
     first = jsonl_chunk([{"email": "a@example.com"}])
-    column_plan = nz.plan(NormalizeOptions(), list(first.frame.columns))
+    column_plan = nz.plan_columns(NormalizeOptions(), list(first.frame.columns))
     later = jsonl_chunk(
         [
             {"email": "b@example.com", "created_at": "2024-05-01"},
@@ -793,7 +795,7 @@ def test_keys_first_seen_in_a_later_chunk_get_the_same_treatment() -> None:
 )
 def test_plan_refuses_bad_options(columns: list[str], options: Any, message: str) -> None:
     with pytest.raises(UsageError, match=message):
-        nz.plan(NormalizeOptions(**options), columns)
+        nz.plan_columns(NormalizeOptions(**options), columns)
 
 
 def test_plan_accepts_id_with_exclude_or_rename() -> None:
