@@ -322,12 +322,12 @@ def sync_command(
         state=state,
         full=full,
     )
-    what = f"{'dry run' if dry_run else 'sync'} of {input_name(input_path)}"
     total = None
     if not (quiet or as_json) and sys.stderr.isatty():
         total = estimate_rows(input_path, fmt)
     _run(
-        what,
+        "dry run" if dry_run else "sync",
+        input_name(input_path),
         lambda progress: sync(input_path, options, progress=progress),
         quiet=quiet,
         as_json=as_json,
@@ -375,7 +375,8 @@ def retry_command(
         state=state,
     )
     _run(
-        f"retry of {results_path}",
+        "retry",
+        str(results_path),
         lambda progress: retry(results_path, options, all_failed=all_failed, progress=progress),
         quiet=quiet,
         as_json=as_json,
@@ -411,7 +412,8 @@ def _send_options(
 
 
 def _run(
-    what: str,
+    verb: str,
+    subject: str,
     run: Callable[[Progress], Summary],
     *,
     quiet: bool,
@@ -426,7 +428,9 @@ def _run(
     signal.signal(signal.SIGTERM, _raise_interrupt)
     bar = not (quiet or as_json) and sys.stderr.isatty()
     try:
-        with Progress(total, bar, what) as progress:
+        # The bar is labelled with the verb alone: an 80-column terminal must still show the
+        # rate and the failed/invalid counts after it.
+        with Progress(total, bar, verb) as progress:
             summary = run(progress)
     except BulksyncError as exc:
         _fail(exc)
@@ -436,7 +440,7 @@ def _run(
     if as_json:
         click.echo(orjson.dumps(summary.as_dict()).decode())
     elif not quiet:
-        click.echo("\n".join(summary_lines(what, summary)))
+        click.echo("\n".join(summary_lines(f"{verb} of {subject}", summary)))
     if summary.rows == 0 and not summary.interrupted:
         click.echo("bulksync: warning: no rows", err=True)
     sys.exit(summary.exit_code)
