@@ -149,8 +149,8 @@ def retry(
 
 
 def _state(options: SyncOptions, input_path: str) -> contextlib.AbstractContextManager[Any]:
-    if options.state is None:
-        return contextlib.nullcontext()
+    if options.state is None or (options.dry_run and not options.state.exists()):
+        return contextlib.nullcontext()  # a dry run creates no state: nothing is unchanged
     # A dry run only reads the state: it records no run.
     return StateStore(options.state, input_name=None if options.dry_run else input_path)
 

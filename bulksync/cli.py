@@ -473,8 +473,11 @@ def state_group() -> None:
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def state_stats_command(path: Path) -> None:
     """How many identifiers PATH knows, and its last run."""
-    with StateStore(path) as store:
-        stats = store.stats()
+    try:
+        with StateStore(path) as store:
+            stats = store.stats()
+    except BulksyncError as exc:
+        _fail(exc)
     click.echo(f"identifiers: {stats['identifiers']:,}")
     run = stats["last_run"]
     if run is None:
@@ -497,8 +500,11 @@ def state_stats_command(path: Path) -> None:
 @click.argument("identifiers", nargs=-1, required=True)
 def state_forget_command(path: Path, identifiers: tuple[str, ...]) -> None:
     """Forget IDENTIFIERS in PATH, so their next row is sent even if unchanged."""
-    with StateStore(path) as store:
-        known = store.forget(identifiers)
+    try:
+        with StateStore(path) as store:
+            known = store.forget(identifiers)
+    except BulksyncError as exc:
+        _fail(exc)
     click.echo(f"forgot {known} of {len(identifiers)} identifiers")
 
 

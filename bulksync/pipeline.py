@@ -169,9 +169,13 @@ class Pipeline:
     def _next_jobs(self, chunks: Iterator[Items]) -> Sequence[Job | Rejection | Unchanged] | None:
         """The next chunk as jobs (records, or batches of them), run in the reader's thread."""
         items = next(chunks, None)
-        if items is None or not self.options.batch:
-            return items
+        if items is None:
+            return None
         records = [item for item in items if isinstance(item, Record)]
+        if self.state is not None:
+            self.state.mark_sending(record.identifier for record in records)
+        if not self.options.batch:
+            return items
         jobs: list[Job | Rejection | Unchanged] = [
             item for item in items if not isinstance(item, Record)
         ]
@@ -228,7 +232,7 @@ class Pipeline:
                 for index, record in enumerate(records):
                     error = refused.get(index)
                     self._outcome(record, mode, response.status, attempts, error)
-                self.results.flush()
+                self._flush()
                 return
             if response.kind is Kind.FATAL:
                 raise FatalAnswer(response.error or "the API refused the run")
@@ -263,7 +267,7 @@ class Pipeline:
                     error = f"{error} (gave up after {attempts} attempts)"
                 for record in records:
                     self._outcome(record, mode, response.status, attempts, error)
-                self.results.flush()
+                self._flush()
                 return
             if response.status == 429 and response.retry_after and self.limiter is not None:
                 # The API asked everyone to slow down, not only this request.
@@ -299,6 +303,12 @@ class Pipeline:
             mode=mode,
         )
         self._write(record.row, "failed", line)
+
+    def _flush(self) -> None:
+        """Make a request's outcomes durable: the results file, then the state's acceptances."""
+        self.results.flush()
+        if self.state is not None:
+            self.state.flush()
 
     def _write(self, row: int, status: Status, line: bytes) -> None:
         # Flushed by the caller once per job or chunk: the results file is the checkpoint, so

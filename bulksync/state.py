@@ -6,15 +6,18 @@ and not sent again. The hash is of the payload itself (keys sorted), so it does 
 the input's column order, and every option that changes what is sent (--rename, --exclude,
 --type, --empty, --update-only) changes it too, which resends.
 
-Accepted rows are recorded in batched transactions after their answers: a crash can at worst
-forget a few acceptances (those rows are sent again next time), never mark a changed row as sent.
-One SQLite file, WAL mode; one connection shared by the reader thread (lookups) and the event
-loop (updates) behind a lock.
+Before a chunk's rows are sent, their identifiers are marked "in flight" (their hash cleared);
+after each request is answered, the rows it got accepted are recorded with their new hash, in
+one transaction per request. So a crash, even mid-request, can at worst make the next run resend
+a row, never skip one: an edit reverted after a killed run is still sent. One SQLite file in WAL
+mode (synchronous=NORMAL: a killed process loses nothing committed); one connection shared by the
+reader thread (lookups) and the event loop (updates) behind a lock.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import threading
 import time
@@ -26,8 +29,6 @@ from typing import Any, Self
 import orjson
 
 from .errors import UsageError
-
-FLUSH_EVERY = 1000  # accepted rows per transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (
@@ -57,12 +58,15 @@ class StateStore:
     def __init__(self, path: Path, *, input_name: str | None = None) -> None:
         self.path = path
         try:
+            # Identifiers are personal data: create the file 0600 before SQLite does, and its
+            # -wal and -shm files take the same mode.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise UsageError(f"cannot open the state file {path}: {exc}") from None
-        path.chmod(0o600)  # identifiers are personal data
         self._lock = threading.Lock()
         self._pending: list[tuple[str, bytes, int]] = []
         self.accepted = 0
@@ -91,11 +95,19 @@ class StateStore:
         found.update(rows)
         return found
 
+    def mark_sending(self, identifiers: Iterable[str]) -> None:
+        """These identifiers are about to be sent: until their acceptance is recorded, a later
+        run must not take their old hash for what Customer.io holds."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "UPDATE state SET hash = X'' WHERE identifier = ?", ((i,) for i in identifiers)
+            )
+            self._db.execute("COMMIT")
+
     def record_accepted(self, identifier: str, attributes: dict[str, Any]) -> None:
-        """Customer.io accepted this payload; it is written with the next batch."""
+        """Customer.io accepted this payload; written by the next flush()."""
         self._pending.append((identifier, payload_hash(attributes), int(time.time())))
-        if len(self._pending) >= FLUSH_EVERY:
-            self.flush()
 
     def flush(self) -> None:
         if not self._pending:
