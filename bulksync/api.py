@@ -195,13 +195,16 @@ async def _send(
         pipeline = Pipeline(client, log, send, limiter=limiter, progress=progress, state=state)
         loop = asyncio.get_running_loop()
         signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.getsignal(sig) for sig in signals}
         for sig in signals:
             loop.add_signal_handler(sig, pipeline.stop, options.grace)
         try:
             await pipeline.run(items)
         finally:
             for sig in signals:
-                loop.remove_signal_handler(sig)
+                loop.remove_signal_handler(sig)  # which resets it to the default: restore
+                if previous[sig] is not None:
+                    signal.signal(sig, previous[sig])
     return pipeline.requests + checks, pipeline.stopping
 
 

@@ -44,8 +44,21 @@ class Progress:
 
     def __init__(self, total: int | None, enabled: bool, description: str) -> None:
         self.counts: Counter[str] = Counter()
+        # A compact format when the total is known, so a long migration's bar still shows the
+        # rate and the failed/invalid counts in 80 columns.
+        compact = (
+            "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {rate_fmt}"
+            " ETA {remaining}{postfix}"
+        )
         self._bar = (
-            tqdm(total=total, unit=" rows", desc=description, file=sys.stderr, dynamic_ncols=True)
+            tqdm(
+                total=total,
+                unit=" rows",
+                desc=description,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                bar_format=compact if total else None,
+            )
             if enabled
             else None
         )
