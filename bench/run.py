@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +40,8 @@ DATA = BENCH / "data"
 sys.path.insert(0, str(BENCH))
 
 from gen import write  # noqa: E402
+
+from bulksync.fake.process import fake_server_process  # noqa: E402
 
 # --- helpers ---------------------------------------------------------------------------------
 
@@ -232,33 +234,9 @@ CPU_RATIO_TARGET = 0.4  # bulksync's CPU per row over the official client's
 UNTHROTTLED_AIM = 2_000  # requests/s with no cap, latency 0
 
 
-@contextlib.contextmanager
-def simulator(*options: str) -> Iterator[str]:
+def simulator(*options: str) -> contextlib.AbstractContextManager[str]:
     """`bulksync fake-server` in a child process (so it does not share our GIL); yields its URL."""
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bulksync",
-            "fake-server",
-            "--port",
-            "0",
-            "--site-id",
-            SITE_ID,
-            "--api-key",
-            API_KEY,
-            *options,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        assert server.stdout is not None
-        yield server.stdout.readline().split(" listening on ")[1].split()[0]
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    return fake_server_process(*options, site_id=SITE_ID, api_key=API_KEY)
 
 
 def simulator_stats(url: str) -> dict[str, Any]:

@@ -13,6 +13,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from bulksync.fake.process import fake_server_process
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ["samples/customers.csv", "samples/customers.jsonl"]
 # The simulator's own credentials: not a real workspace's.
@@ -21,35 +23,10 @@ EXIT_MEANINGS = {0: "every row ok", 1: "some rows invalid or failed: see the res
 
 
 def main() -> int:
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bulksync",
-            "fake-server",
-            "--port",
-            "0",
-            "--site-id",
-            SITE_ID,
-            "--api-key",
-            API_KEY,
-            "--latency",
-            "0.1",
-            "--jitter",
-            "0.05",
-            "--fail-503",
-            "0.05",
-            "--seed",
-            "7",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        assert server.stdout is not None
-        banner = server.stdout.readline().strip()
-        url = banner.split(" listening on ")[1].split()[0]
+    with fake_server_process(
+        "--latency", "0.1", "--jitter", "0.05", "--fail-503", "0.05", "--seed", "7",
+        site_id=SITE_ID, api_key=API_KEY,
+    ) as url:  # fmt: skip
         print(f"started the local Track API simulator at {url}\n", flush=True)
         env = {
             **os.environ,
@@ -58,23 +35,20 @@ def main() -> int:
             "BULKSYNC_BASE_URL": url,
         }
         for sample in SAMPLES:
-            command = [sys.executable, "-m", "bulksync", "sync", sample]
             print("$ bulksync sync", sample, flush=True)
+            command = [sys.executable, "-m", "bulksync", "sync", sample, "--fresh"]
             code = subprocess.run(command, env=env, cwd=ROOT).returncode
             print(f"(exit code {code}: {EXIT_MEANINGS.get(code, 'unexpected')})\n", flush=True)
             if code not in EXIT_MEANINGS:
                 return code
         with urllib.request.urlopen(f"{url}/_fake/stats") as answer:
             stats = json.load(answer)
-        print(
-            f"the simulator received {stats['requests']} requests (answers: {stats['statuses']}),"
-            f" accepted {stats['accepted']} people, at most {stats['peak_per_second']}"
-            " requests in any one second"
-        )
-        return 0
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    print(
+        f"the simulator received {stats['requests']} requests (answers: {stats['statuses']}),"
+        f" accepted {stats['accepted']} people, at most {stats['peak_per_second']}"
+        " requests in any one second"
+    )
+    return 0
 
 
 if __name__ == "__main__":
