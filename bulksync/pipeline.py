@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .batch import DEFAULT_BATCH_SIZE, Batch, pack
 from .errors import AbortError
@@ -125,9 +126,12 @@ class Pipeline:
         self.stopping = False
         self._last_success = time.monotonic()
         self._failures_since_success = 0  # transient answers since the last success
-        self._queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=options.workers * 2)
+        # Bounded in jobs: in batch mode a job holds up to batch_size rows, so keep fewer queued.
+        queued = 4 if options.batch else options.workers * 2
+        self._queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=queued)
         self._reader: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
+        self._in_request: set[asyncio.Task[Any] | None] = set()  # workers awaiting an answer
 
     async def run(self, chunks: Iterator[Items]) -> None:
         """Send every Record of `chunks` and write every outcome. Raises AbortError when an
@@ -158,8 +162,9 @@ class Pipeline:
             self._reader.cancel()
         while not self._queue.empty():  # queued rows were not started: leave them for resume
             self._queue.get_nowait()
-        for _ in self._workers:
-            self._queue.put_nowait(None)
+        for task in self._workers:  # waiting for work, the limiter or a backoff: nothing sent
+            if task not in self._in_request:
+                task.cancel()
         asyncio.get_running_loop().call_later(grace, self._cancel_workers)
 
     def _cancel_workers(self) -> None:
@@ -199,7 +204,7 @@ class Pipeline:
             await self._queue.put(None)  # one stop signal per worker
 
     async def _work(self) -> None:
-        while (job := await self._queue.get()) is not None:
+        while not self.stopping and (job := await self._queue.get()) is not None:
             await self._send(job)
 
     async def _request(self, job: Job) -> Response:
@@ -223,7 +228,12 @@ class Pipeline:
             self.requests += 1
             attempts += 1
             tries += 1
-            response = await self._request(job)
+            task = asyncio.current_task()
+            self._in_request.add(task)
+            try:
+                response = await self._request(job)
+            finally:
+                self._in_request.discard(task)
             if response.kind is Kind.OK:
                 self._last_success = time.monotonic()
                 self._failures_since_success = 0

@@ -42,7 +42,8 @@ def changed(items: Items, store: StateStore) -> Items:
     return [
         Unchanged(item.row, item.identifier)
         if isinstance(item, Record)
-        and accepted.get(item.identifier) == payload_hash(item.attributes)
+        and item.identifier in accepted  # hash only the rows the state knows
+        and accepted[item.identifier] == payload_hash(item.attributes)
         else item
         for item in items
     ]

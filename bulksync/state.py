@@ -61,6 +61,7 @@ class StateStore:
             # Identifiers are personal data: create the file 0600 before SQLite does, and its
             # -wal and -shm files take the same mode.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.chmod(path, 0o600)  # O_CREAT's mode does not apply to a file that existed
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -80,20 +81,16 @@ class StateStore:
 
     def last_hashes(self, identifiers: Iterable[str]) -> dict[str, bytes]:
         """The accepted hash of each of `identifiers` that has one."""
-        found: dict[str, bytes] = {}
-        unique = list(dict.fromkeys(identifiers))
+        # One statement for a whole chunk, looked up by the primary key: a join with a temporary
+        # table made SQLite scan the whole state for every chunk.
+        wanted = orjson.dumps(list(dict.fromkeys(identifiers))).decode()
         with self._lock:
-            # A temporary table joins in one statement, whatever the number of identifiers.
-            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS probe (identifier TEXT PRIMARY KEY)")
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT INTO probe VALUES (?)", ((i,) for i in unique))
             rows = self._db.execute(
-                "SELECT s.identifier, s.hash FROM probe JOIN state s USING (identifier)"
+                "SELECT identifier, hash FROM state"
+                " WHERE identifier IN (SELECT value FROM json_each(?))",
+                (wanted,),
             ).fetchall()
-            self._db.execute("DELETE FROM probe")
-            self._db.execute("COMMIT")
-        found.update(rows)
-        return found
+        return dict(rows)
 
     def mark_sending(self, identifiers: Iterable[str]) -> None:
         """These identifiers are about to be sent: until their acceptance is recorded, a later

@@ -617,6 +617,18 @@ def test_every_file_of_a_new_state_is_private(tmp_path: Path) -> None:
     assert modes == dict.fromkeys(modes, oct(0o600))
 
 
+def test_an_existing_state_file_is_narrowed_to_0600(api_env: ServerThread, tmp_path: Path) -> None:
+    """A state restored from a backup or copied under another umask may be 0644: the next run
+    narrows it before writing identifiers to it, as it does for the results file."""
+    source = write_csv(tmp_path / "in.csv", people(5))
+    state = tmp_path / "s.db"
+    assert sync_state(source, state, tmp_path / "1.jsonl").exit_code == 0
+    state.chmod(0o644)
+    result = sync_state(source, state, tmp_path / "2.jsonl")
+    assert result.exit_code == 0, result.output
+    assert oct(state.stat().st_mode & 0o777) == oct(0o600)
+
+
 # --- payload_hash -------------------------------------------------------------------------
 
 
