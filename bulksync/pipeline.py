@@ -207,10 +207,10 @@ class Pipeline:
         while not self.stopping and (job := await self._queue.get()) is not None:
             await self._send(job)
 
-    async def _request(self, job: Job) -> Response:
+    async def _request(self, job: Job, on_sent: Callable[[], None] | None) -> Response:
         if isinstance(job, Batch):
-            return await self.client.batch(job.body())
-        return await self.client.identify(job.identifier, job.attributes)
+            return await self.client.batch(job.body(), on_sent)
+        return await self.client.identify(job.identifier, job.attributes, on_sent)
 
     async def _send(self, job: Job, attempts: int = 0) -> None:
         """Send one job until it is answered for good; write the outcome of each of its rows.
@@ -221,8 +221,7 @@ class Pipeline:
         first_failure: float | None = None
         tries = 0  # this job's own requests: its retry budget (a split's 400s do not count)
         while True:
-            if self.limiter is not None:
-                await self.limiter.acquire()
+            on_sent = await self.limiter.acquire() if self.limiter is not None else None
             if self.stopping:
                 return  # not started: no outcome, sent again on resume
             self.requests += 1
@@ -231,7 +230,7 @@ class Pipeline:
             task = asyncio.current_task()
             self._in_request.add(task)
             try:
-                response = await self._request(job)
+                response = await self._request(job, on_sent)
             finally:
                 self._in_request.discard(task)
             if response.kind is Kind.OK:

@@ -21,10 +21,12 @@ import asyncio
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 
 from aiolimiter import AsyncLimiter
 
 DEFAULT_MARGIN = 0.01  # seconds; costs 1% of throughput, covers loopback and LAN jitter
+BATCH_MARGIN = 0.05  # when the reader keeps the CPU busy (batch mode): see api._send
 
 
 class RateLimiter:
@@ -41,14 +43,23 @@ class RateLimiter:
         pace = self.max_starts / self.window
         burst = max(1.0, pace / 20)
         self._pacer = AsyncLimiter(burst, burst / pace)
-        self._starts: deque[float] = deque()
+        # Start times, each in a one-item list so that sent() can move it to the moment the
+        # request really left (see acquire()).
+        self._starts: deque[list[float]] = deque()
         self._paused_until = 0.0
 
     def pause(self, seconds: float) -> None:
         """Hold every start for `seconds` (the API said Retry-After: slow down as a whole)."""
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> Callable[[], None]:
+        """Wait for a start; return a callback to call when the request has really been sent.
+
+        Between this start and the request leaving, the event loop can be held up (a GIL-
+        holding pandas call in the reader thread, a garbage collection): requests started
+        apart would then leave together. Re-stamping the start when the request is sent keeps
+        the window counting what the API sees. A later stamp only makes the log wait longer,
+        so the bound stays safe whatever the order."""
         while True:
             while (wait := self._paused_until - time.monotonic()) > 0:
                 await asyncio.sleep(wait)
@@ -57,9 +68,14 @@ class RateLimiter:
                 now = time.monotonic()
                 if self._paused_until > now:
                     break  # a pause began while this start waited: wait it out, queue again
-                while self._starts and self._starts[0] <= now - self.window:
+                while self._starts and self._starts[0][0] <= now - self.window:
                     self._starts.popleft()
                 if len(self._starts) < self.max_starts:
-                    self._starts.append(now)
-                    return
-                await asyncio.sleep(self._starts[0] + self.window - now)
+                    start = [now]
+                    self._starts.append(start)
+                    return lambda: _restamp(start)
+                await asyncio.sleep(self._starts[0][0] + self.window - now)
+
+
+def _restamp(start: list[float]) -> None:
+    start[0] = max(start[0], time.monotonic())

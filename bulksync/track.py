@@ -17,9 +17,10 @@ import ipaddress
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from types import TracebackType
+from types import SimpleNamespace, TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
@@ -196,10 +197,13 @@ class TrackClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
+        trace = aiohttp.TraceConfig()
+        trace.on_request_headers_sent.append(_call_on_sent)
         self._session = aiohttp.ClientSession(
             headers=self._headers,
             timeout=self._timeout,
             connector=aiohttp.TCPConnector(limit=self._connections),
+            trace_configs=[trace],
         )
         return self
 
@@ -212,14 +216,23 @@ class TrackClient:
         if self._session is not None:
             await self._session.close()
 
-    async def request(self, method: str, path: str, body: bytes | None = None) -> Response:
-        """Send one request and classify what comes back. Never raises for network trouble."""
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> Response:
+        """Send one request and classify what comes back. Never raises for network trouble.
+        `on_sent` is called when the request's headers have been written."""
         assert self._session is not None, "use TrackClient as an async context manager"
         # encoded=True: the path is already percent-encoded, and yarl must not turn %40 back
         # into @ (the identifier would then be read differently by the API).
         url = URL(self.base_url + path, encoded=True)
         try:
-            async with self._session.request(method, url, data=body, allow_redirects=False) as resp:
+            async with self._session.request(
+                method, url, data=body, allow_redirects=False, trace_request_ctx=on_sent
+            ) as resp:
                 raw = await resp.read()
                 return classify(resp.status, _json_or_none(raw), resp.headers)
         except TimeoutError:
@@ -227,16 +240,31 @@ class TrackClient:
         except aiohttp.ClientError as exc:
             return Response(Kind.TRANSIENT, None, f"network error: {exc or type(exc).__name__}")
 
-    async def identify(self, identifier: str, attributes: dict[str, Any]) -> Response:
-        return await self.request("PUT", customer_path(identifier), orjson.dumps(attributes))
+    async def identify(
+        self,
+        identifier: str,
+        attributes: dict[str, Any],
+        on_sent: Callable[[], None] | None = None,
+    ) -> Response:
+        body = orjson.dumps(attributes)
+        return await self.request("PUT", customer_path(identifier), body, on_sent)
 
-    async def batch(self, body: bytes) -> Response:
+    async def batch(self, body: bytes, on_sent: Callable[[], None] | None = None) -> Response:
         """POST /api/v2/batch. A 207 is OK for the request: its body lists refused operations."""
-        return await self.request("POST", "/api/v2/batch", body)
+        return await self.request("POST", "/api/v2/batch", body, on_sent)
 
     async def region(self) -> Response:
         """GET /api/v1/accounts/region: the credentials check; body has region and url."""
         return await self.request("GET", "/api/v1/accounts/region")
+
+
+async def _call_on_sent(
+    session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    params: aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    if context.trace_request_ctx is not None:
+        context.trace_request_ctx()
 
 
 def _json_or_none(raw: bytes) -> Any:
