@@ -395,3 +395,16 @@ def test_check_region_match_or_override_passes() -> None:
     # An answer without a region cannot be checked.
     _check_region({}, SendOptions(region="us"))
     _check_region(None, SendOptions(region="us"))
+
+
+async def test_rate_limiter_counts_a_start_from_when_its_request_was_sent() -> None:
+    # Ten starts granted at once, but their requests only leave 0.5 s later (the event loop
+    # was held up): the window must count them from then, so the eleventh waits for it.
+    limiter = RateLimiter(10, margin=0.0)
+    stamps = [await limiter.acquire() for _ in range(10)]
+    await asyncio.sleep(0.5)
+    sent = time.monotonic()
+    for stamp in stamps:
+        stamp()
+    await limiter.acquire()
+    assert time.monotonic() - sent >= 0.95  # not ~0.5 s after the grants' one-second window
