@@ -420,8 +420,9 @@ def bench_batch(quick: bool) -> list[str]:
         " simulator's count of arrivals, timed by its own event loop: at 100-250 operations per"
         " request it validates up to 25,000 operations a second on the 2 cores it shares with"
         " bulksync, and its timestamps bunch up. bulksync's own clock, stamped when each"
-        " request's headers were written, showed at most 100 in any second in runs of the same configuration"
-        " (the limiter counts from that stamp); the default 1,000 stays far below the cap."
+        " request's headers were written, showed at most 100 in any second in runs of the"
+        " same configuration (the limiter counts from that stamp); the default 1,000 stays far"
+        " below the cap."
     )
     return blocks
 
