@@ -6,8 +6,13 @@
 The reader reads and normalizes in a thread, so pandas work does not stall the event loop; it
 waits when the queue is full, so memory stays bounded however fast the file reads. Each worker
 sends one record at a time and retries transient failures with exponential backoff and full
-jitter; the limiter is acquired before every attempt, retries included. A FATAL answer (401/403,
-a redirect) stops the whole run at once: in-flight rows get no outcome and are re-sent on resume.
+jitter; the limiter is acquired before every attempt, retries included. In batch mode a job is
+a Batch of records (one POST /api/v2/batch); a whole-request 400 splits it in halves.
+
+The run stops early in three ways, and in each a row not answered gets no outcome, so a re-run
+sends it: a FATAL answer (401/403, a redirect); the outage breaker (a job out of retries while
+nothing has succeeded since it first failed); stop() on SIGINT/SIGTERM, which lets requests in
+flight finish for a grace period.
 """
 
 from __future__ import annotations
