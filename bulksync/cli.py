@@ -23,7 +23,7 @@ from .normalize import ColumnType, EmptyPolicy, NormalizeOptions
 from .pipeline import SendOptions
 from .report import Progress, estimate_rows, setup_logging, summary_lines
 from .results import Summary
-from .source import Format, SourceOptions, input_name
+from .source import DEFAULT_CHUNK_SIZE, Format, SourceOptions, input_name
 from .state import StateStore
 
 TYPES = ("int", "float", "bool", "str")
@@ -246,7 +246,7 @@ def main() -> None:
 @click.option(
     "--chunk-size",
     type=click.IntRange(min=1),
-    default=20_000,
+    default=DEFAULT_CHUNK_SIZE,
     show_default=True,
     help="Rows read and normalized at a time (bounds memory).",
 )
