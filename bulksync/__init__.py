@@ -3,8 +3,8 @@
 from .api import SyncOptions, check, retry, sync
 from .errors import AbortError, BulksyncError, CredentialsError, InputError, UsageError
 from .normalize import NormalizeOptions, Record, Rejection
-from .pipeline import SendOptions
 from .results import Summary
+from .send import SendOptions, StopHandle
 from .source import SourceOptions
 from .track import Credentials
 
@@ -19,6 +19,7 @@ __all__ = [
     "Rejection",
     "SendOptions",
     "SourceOptions",
+    "StopHandle",
     "Summary",
     "SyncOptions",
     "UsageError",

@@ -7,27 +7,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import signal
+import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
 from .normalize import NormalizeOptions, Record, normalize, plan_columns
-from .pipeline import Pipeline, SendOptions, preflight
+from .outcomes import Outcomes, Progress, no_progress
 from .plan import Items, Unchanged, changed, pending
+from .policy import check_credentials
 from .ratelimit import BATCH_MARGIN, DEFAULT_MARGIN, RateLimiter
-from .results import (
-    InputIdentity,
-    ResultsLog,
-    Status,
-    Summary,
-    default_results_path,
-    is_transient,
-    outcome_line,
-)
+from .results import InputIdentity, ResultsLog, Summary, default_results_path, is_transient
+from .send import Sender, SendOptions, StopHandle
 from .source import SourceOptions, read_chunks
 from .state import StateStore
 from .track import Credentials, TrackClient, resolve_base_url
@@ -43,12 +37,13 @@ class SyncOptions:
     results: Path | None = None
     dry_run: bool = False
     fresh: bool = False  # start the results file over instead of resuming it
-    grace: float = 10.0  # seconds in-flight requests may finish after SIGINT/SIGTERM
+    grace: float = 10.0  # seconds in-flight requests may finish after a stop (StopHandle)
     state: Path | None = None  # diff state store: skip rows whose payload was accepted as is
     full: bool = False  # with `state`: send every row anyway, and refresh the state
 
-
-Progress = Callable[[str], None]
+    def __post_init__(self) -> None:
+        if not 0 <= self.grace < math.inf:
+            raise UsageError(f"grace {self.grace!r}: must be >= 0 seconds")
 
 
 def sync(
@@ -57,6 +52,7 @@ def sync(
     *,
     credentials: Credentials | None = None,
     progress: Progress | None = None,
+    stop: StopHandle | None = None,
 ) -> Summary:
     """Sync every row of `input_path` (a path, or "-" for stdin) and return the run's summary.
 
@@ -64,7 +60,9 @@ def sync(
     are not sent again. Credentials default to CUSTOMERIO_SITE_ID / CUSTOMERIO_API_KEY from the
     environment (not needed for a dry run). Raises UsageError (or a subclass) before anything is
     sent when the input, the options or the credentials are unusable, and AbortError when the
-    run stops part-way. `progress` is called with each row's status as it is written.
+    run stops part-way. `progress` is called with each row's status as it is written;
+    `stop.stop()`, from any thread, ends the run early (see StopHandle). Installs no signal
+    handler: it can run in any thread.
     """
     options = options or SyncOptions()
     started = time.monotonic()
@@ -92,22 +90,22 @@ def sync(
                 items = (pending(batch, log) for batch in items)
             if store is not None and not options.full:
                 items = (changed(batch, store) for batch in items)
-            requests, interrupted = 0, False
+            outcomes = Outcomes(log, progress or no_progress, store)
+            sent = _Sent()
             if options.dry_run:
-                _dry_run(items, log, progress)
+                _dry_run(items, outcomes)
             else:
                 assert credentials is not None
-                requests, interrupted = asyncio.run(
-                    _send(items, log, base_url, credentials, options, progress, store)
-                )
+                sent = asyncio.run(_send(items, outcomes, base_url, credentials, options, stop))
     return Summary(
         results_path=results_path,
         counts={status: n for status, n in log.counts.items() if n},
         elapsed=time.monotonic() - started,
         dry_run=options.dry_run,
-        requests=requests,
+        requests=sent.requests,
+        rate_limited=sent.rate_limited,
         resumed=log.resumed,
-        interrupted=interrupted,
+        interrupted=sent.interrupted,
     )
 
 
@@ -118,6 +116,7 @@ def retry(
     all_failed: bool = False,
     credentials: Credentials | None = None,
     progress: Progress | None = None,
+    stop: StopHandle | None = None,
 ) -> Summary:
     """Re-send the rows whose latest outcome in `results_path` is `failed`, from the payload
     kept there (the input file is not needed), appending their new outcomes. Only transient
@@ -135,16 +134,16 @@ def retry(
             if isinstance(line.get("payload"), dict) and (all_failed or is_transient(line))
         ]
         resumed = log.resumed
-        requests, interrupted = asyncio.run(
-            _send(iter([records]), log, base_url, credentials, options, progress, store)
-        )
+        outcomes = Outcomes(log, progress or no_progress, store)
+        sent = asyncio.run(_send(iter([records]), outcomes, base_url, credentials, options, stop))
     return Summary(
         results_path=results_path,
         counts={status: n for status, n in log.counts.items() if n},
         elapsed=time.monotonic() - started,
-        requests=requests,
+        requests=sent.requests,
+        rate_limited=sent.rate_limited,
         resumed=resumed - len(records),
-        interrupted=interrupted,
+        interrupted=sent.interrupted,
     )
 
 
@@ -155,36 +154,37 @@ def _state(options: SyncOptions, input_path: str) -> contextlib.AbstractContextM
     return StateStore(options.state, input_name=None if options.dry_run else input_path)
 
 
-def _dry_run(items: Iterator[Items], log: ResultsLog, progress: Progress | None) -> None:
+def _dry_run(items: Iterator[Items], outcomes: Outcomes) -> None:
     while (chunk := next(items, None)) is not None:
         for item in chunk:
-            status: Status
             if isinstance(item, Record):
-                status = "valid"
-                line = outcome_line(item.row, item.identifier, status, payload=item.attributes)
+                outcomes.valid(item)
             elif isinstance(item, Unchanged):
-                status = "unchanged"
-                line = outcome_line(item.row, item.identifier, status)
+                outcomes.unchanged(item)
             else:
-                status = "invalid"
-                line = outcome_line(item.row, item.identifier, status, error=item.reason)
-            log.write(item.row, status, line)
-            if progress is not None:
-                progress(status)
-        log.flush()
+                outcomes.invalid(item)
+        outcomes.flush()
         del chunk  # free this chunk's rows before the next one is read
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """What sending did, for the summary."""
+
+    requests: int = 0
+    rate_limited: int = 0
+    interrupted: bool = False
 
 
 async def _send(
     items: Iterator[Items],
-    log: ResultsLog,
+    outcomes: Outcomes,
     base_url: str,
     credentials: Credentials,
     options: SyncOptions,
-    progress: Progress | None,
-    state: StateStore | None = None,
-) -> tuple[int, bool]:
-    """Send every record; return (requests made, whether a signal interrupted the run)."""
+    stop: StopHandle | None,
+) -> _Sent:
+    """Check the credentials, then send every record."""
     send = options.send
     limiter = None
     if send.rate:
@@ -196,22 +196,11 @@ async def _send(
     async with TrackClient(
         base_url, credentials, timeout=send.timeout, connections=send.workers
     ) as client:
-        account, checks = await preflight(client, limiter, send)
+        account, checks = await check_credentials(client, limiter, send.max_retries, send.backoff)
         _check_region(account.body, send)
-        pipeline = Pipeline(client, log, send, limiter=limiter, progress=progress, state=state)
-        loop = asyncio.get_running_loop()
-        signals = (signal.SIGINT, signal.SIGTERM)
-        previous = {sig: signal.getsignal(sig) for sig in signals}
-        for sig in signals:
-            loop.add_signal_handler(sig, pipeline.stop, options.grace)
-        try:
-            await pipeline.run(items)
-        finally:
-            for sig in signals:
-                loop.remove_signal_handler(sig)  # which resets it to the default: restore
-                if previous[sig] is not None:
-                    signal.signal(sig, previous[sig])
-    return pipeline.requests + checks, pipeline.stopping
+        sender = Sender(client, outcomes, send, limiter=limiter, stop=stop, grace=options.grace)
+        await sender.run(items)
+    return _Sent(sender.requests + checks, sender.rate_limited, sender.stopping)
 
 
 def _check_region(account: Any, options: SendOptions) -> None:
@@ -235,7 +224,7 @@ def check(options: SendOptions | None = None, credentials: Credentials | None = 
 
     async def run() -> Any:
         async with TrackClient(base_url, credentials, timeout=options.timeout) as client:
-            account, _ = await preflight(client, None, options)
+            account, _ = await check_credentials(client, None, options.max_retries, options.backoff)
             return account.body
 
     return asyncio.run(run())

@@ -65,13 +65,48 @@ class Batch:
         return len(self.records)
 
 
+# Batches kept open at once while packing: a row whose identifier is already in a batch goes to
+# a later one, so a file with each person a few times in a row still fills whole batches.
+MAX_OPEN_BATCHES = 8
+
+
+class _Open:
+    """A batch being filled."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.operations: list[bytes] = []
+        self.identifiers: set[str] = set()
+        self.size = len(_OPEN) + len(_CLOSE)
+        self.full = False
+
+    def add(self, record: Record, op: bytes, batch_size: int) -> bool:
+        """Add the operation if it fits; a batch that refuses one for its size is full."""
+        added = len(op) + (1 if self.operations else 0)  # the comma between operations
+        # "< 500 KB": a request of exactly MAX_REQUEST_BYTES is already too large.
+        if self.full or (self.operations and self.size + added >= MAX_REQUEST_BYTES):
+            self.full = True
+            return False
+        self.records.append(record)
+        self.operations.append(op)
+        self.identifiers.add(record.identifier)
+        self.size += added
+        self.full = len(self.operations) >= batch_size
+        return True
+
+    def batch(self) -> Batch:
+        return Batch(self.records, self.operations)
+
+
 def pack(records: Iterable[Record], batch_size: int) -> Iterator[Batch | Rejection]:
-    """Batches of at most `batch_size` operations and under MAX_REQUEST_BYTES bytes, each in
-    row order. A row whose operation alone is over MAX_OPERATION_BYTES is rejected at once (so
-    a rejection may come before the batch that holds earlier rows), never sent."""
-    rows: list[Record] = []
-    ops: list[bytes] = []
-    size = len(_OPEN) + len(_CLOSE)
+    """Batches of at most `batch_size` operations and under MAX_REQUEST_BYTES bytes.
+
+    A batch holds at most one operation per identifier, and a later row of an identifier is
+    always in a later batch than its earlier rows: the sender sends batches that share an
+    identifier one after the other, in the order they come from here. A row whose operation
+    alone is over MAX_OPERATION_BYTES is rejected at once (so a rejection may come before the
+    batch that holds earlier rows), never sent."""
+    batches: list[_Open] = []
     for record in records:
         op = operation(record)
         if len(op) > MAX_OPERATION_BYTES:
@@ -81,14 +116,17 @@ def pack(records: Iterable[Record], batch_size: int) -> Iterator[Batch | Rejecti
                 f"batch operation is {len(op):,} bytes, over the API's {MAX_OPERATION_BYTES:,}",
             )
             continue
-        added = len(op) + (1 if ops else 0)  # the comma between operations
-        # "< 500 KB": a request of exactly MAX_REQUEST_BYTES is already too large.
-        if ops and (len(ops) >= batch_size or size + added >= MAX_REQUEST_BYTES):
-            yield Batch(rows, ops)
-            rows, ops, size = [], [], len(_OPEN) + len(_CLOSE)
-            added = len(op)
-        rows.append(record)
-        ops.append(op)
-        size += added
-    if ops:
-        yield Batch(rows, ops)
+        after = max(
+            (i + 1 for i, b in enumerate(batches) if record.identifier in b.identifiers), default=0
+        )
+        for candidate in batches[after:]:
+            if candidate.add(record, op, batch_size):
+                break
+        else:
+            batches.append(_Open())
+            batches[-1].add(record, op, batch_size)
+        # Batches leave in order, the first as soon as it is full (or too many are open).
+        while batches and (batches[0].full or len(batches) > MAX_OPEN_BATCHES):
+            yield batches.pop(0).batch()
+    for remaining in batches:
+        yield remaining.batch()

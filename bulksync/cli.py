@@ -18,15 +18,13 @@ import orjson
 
 from .api import SyncOptions, check, retry, sync
 from .batch import DEFAULT_BATCH_SIZE
+from .console import ProgressBar, estimate_rows, setup_logging, summary_lines
 from .errors import BulksyncError
 from .normalize import ColumnType, EmptyPolicy, NormalizeOptions
-from .pipeline import SendOptions
-from .report import Progress, estimate_rows, setup_logging, summary_lines
 from .results import Summary
+from .send import SendOptions, StopHandle
 from .source import DEFAULT_CHUNK_SIZE, Format, SourceOptions, input_name
 from .state import StateStore
-
-TYPES = ("int", "float", "bool", "str")
 
 
 def _pairs(option: str, values: tuple[str, ...]) -> dict[str, str]:
@@ -37,16 +35,6 @@ def _pairs(option: str, values: tuple[str, ...]) -> dict[str, str]:
             raise click.BadParameter(f"{value!r} is not of the form NAME=VALUE", param_hint=option)
         pairs[old] = new
     return pairs
-
-
-def _types(values: tuple[str, ...]) -> dict[str, ColumnType]:
-    types = _pairs("--type", values)
-    for column, kind in types.items():
-        if kind not in TYPES:
-            raise click.BadParameter(
-                f"{column}={kind}: the type must be one of {', '.join(TYPES)}", param_hint="--type"
-            )
-    return cast(dict[str, ColumnType], types)
 
 
 def _delimiter(value: str | None) -> str | None:
@@ -165,7 +153,21 @@ def send_options(command: F) -> F:
     return command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Commands(click.Group):
+    """The command group: a BulksyncError from any command (a bad option value found while
+    building the options, say) is one line and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BulksyncError as exc:
+            _fail(exc)
+
+
+@click.group(
+    cls=_Commands,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="bulksync")
 def main() -> None:
     """Sync customer rows from CSV and JSONL files into Customer.io (Track API).
@@ -308,7 +310,7 @@ def sync_command(
             timezone=timezone,
             rename=_pairs("--rename", rename),
             exclude=frozenset(exclude),
-            types=_types(types),
+            types=cast(dict[str, ColumnType], _pairs("--type", types)),
             empty=empty,
             update_only=update_only,
         ),
@@ -328,7 +330,7 @@ def sync_command(
     _run(
         "dry run" if dry_run else "sync",
         input_name(input_path),
-        lambda progress: sync(input_path, options, progress=progress),
+        lambda progress, stop: sync(input_path, options, progress=progress, stop=stop),
         quiet=quiet,
         as_json=as_json,
         log_file=log_file,
@@ -377,16 +379,14 @@ def retry_command(
     _run(
         "retry",
         str(results_path),
-        lambda progress: retry(results_path, options, all_failed=all_failed, progress=progress),
+        lambda progress, stop: retry(
+            results_path, options, all_failed=all_failed, progress=progress, stop=stop
+        ),
         quiet=quiet,
         as_json=as_json,
         log_file=log_file,
         total=None,
     )
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _send_options(
@@ -414,7 +414,7 @@ def _send_options(
 def _run(
     verb: str,
     subject: str,
-    run: Callable[[Progress], Summary],
+    run: Callable[[ProgressBar, StopHandle], Summary],
     *,
     quiet: bool,
     as_json: bool,
@@ -423,15 +423,22 @@ def _run(
 ) -> NoReturn:
     """Run a sync or retry with a progress bar on a terminal; print the summary; exit."""
     setup_logging(log_file, quiet)
-    # Until the sending loop installs its own graceful handlers (and after it removes them),
-    # SIGTERM must end the run like Ctrl-C, with exit 3, not kill it with the outcome unsaid.
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    stop = StopHandle()
+
+    def on_signal(signum: int, frame: object) -> None:
+        # While rows are being sent, SIGINT/SIGTERM stop gracefully (a second one at once);
+        # before or after that, they end the run like Ctrl-C, with exit 3.
+        if not stop.stop():
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     bar = not (quiet or as_json) and sys.stderr.isatty()
     try:
         # The bar is labelled with the verb alone: an 80-column terminal must still show the
         # rate and the failed/invalid counts after it.
-        with Progress(total, bar, verb) as progress:
-            summary = run(progress)
+        with ProgressBar(total, bar, verb) as progress:
+            summary = run(progress, stop)
     except BulksyncError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -508,12 +515,35 @@ def state_forget_command(path: Path, identifiers: tuple[str, ...]) -> None:
     click.echo(f"forgot {known} of {len(identifiers)} identifiers")
 
 
+def _limit_schedule(text: str | None) -> tuple[tuple[float, float | None], ...]:
+    """'10:30,25:100' -> ((10.0, 30.0), (25.0, 100.0)); 'none' lifts the limit."""
+    schedule = []
+    for step in (text or "").split(","):
+        if not step.strip():
+            continue
+        at, _, limit = step.partition(":")
+        try:
+            value = None if limit.strip().lower() == "none" else float(limit)
+            schedule.append((float(at), value))
+        except ValueError:
+            raise click.BadParameter(
+                f"{step!r} is not T:LIMIT", param_hint="--limit-schedule"
+            ) from None
+    return tuple(sorted(schedule, key=lambda pair: pair[0]))
+
+
 @main.command("fake-server")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=0, help="Port to listen on (default: any free port).")
 @click.option("--site-id", default="site", show_default=True, help="Site ID the server accepts.")
 @click.option("--api-key", default="key", show_default=True, help="API key the server accepts.")
 @click.option("--rate-limit", type=float, help="Answer 429 past this many requests per second.")
+@click.option(
+    "--limit-schedule",
+    metavar="T:LIMIT,...",
+    help="Change --rate-limit during the run: at T seconds after the first request, LIMIT"
+    " (a number, or 'none'). E.g. '10:30,25:100' drops to 30/s after 10 s and recovers at 25 s.",
+)
 @click.option("--retry-after", type=float, help="Send Retry-After (seconds) with each 429.")
 @click.option("--latency", type=float, default=0.0, help="Seconds to wait before each answer.")
 @click.option("--jitter", type=float, default=0.0, help="Extra random latency, 0..N seconds.")
@@ -531,6 +561,7 @@ def fake_server_command(**settings: Any) -> None:
     from .fake import FakeConfig, run_fake_server
 
     host, port = settings.pop("host"), settings.pop("port")
+    settings["limit_schedule"] = _limit_schedule(settings.pop("limit_schedule"))
     try:
         run_fake_server(FakeConfig(**settings), host=host, port=port)
     except OSError as exc:

@@ -18,7 +18,7 @@ import itertools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, Literal, NamedTuple, cast, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -70,6 +70,18 @@ class NormalizeOptions:
     types: Mapping[str, ColumnType] = field(default_factory=dict)
     empty: EmptyPolicy = "skip"
     update_only: bool = False
+
+    def __post_init__(self) -> None:
+        # Checked here, where the options are built: a bad value must fail before the results
+        # file is created, with a message rather than a KeyError deep in a chunk.
+        for column, kind in self.types.items():
+            if kind not in get_args(ColumnType):
+                raise UsageError(
+                    f"--type {column}={kind}: the type must be one of"
+                    f" {', '.join(get_args(ColumnType))}"
+                )
+        if self.empty not in get_args(EmptyPolicy):
+            raise UsageError(f"--empty {self.empty!r}: must be skip or clear")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,10 @@ bursts but loses every late wake-up and sustains only ~90% of `rate`. So two lay
 
 `window` is one second plus a small margin, because the server sees arrival times, not our start
 times: a request that waits longer for its connection arrives later than it started.
+
+`set_rate` moves the rate below the ceiling it was made with (the adaptive rate in policy.py).
+aiolimiter's rate is fixed at construction, so the pacer is replaced; starts already waiting in
+the old one leave at its pace, and the log, which reads the new rate at once, keeps the bound.
 """
 
 from __future__ import annotations
@@ -35,18 +39,31 @@ class RateLimiter:
     def __init__(self, rate: float, *, margin: float = DEFAULT_MARGIN) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
-        self.rate = rate
-        self.window = 1.0 + margin if rate >= 1 else 1.0 / rate + margin
-        self.max_starts = max(1, math.floor(rate))
-        # The pacer runs at exactly the window's rate, so the log below only has to cut the
-        # bunches that late wake-ups and catch-up create, and rarely makes anyone wait.
-        pace = self.max_starts / self.window
-        burst = max(1.0, pace / 20)
-        self._pacer = AsyncLimiter(burst, burst / pace)
+        self.ceiling = rate
+        self._margin = margin
         # Start times, each in a one-item list so that sent() can move it to the moment the
         # request really left (see acquire()).
         self._starts: deque[list[float]] = deque()
         self._paused_until = 0.0
+        self._pace = 0.0
+        self._pacer: AsyncLimiter
+        self.set_rate(rate)
+
+    def set_rate(self, rate: float) -> None:
+        """Send at `rate` from now on (at most the ceiling the limiter was made with)."""
+        self.rate = min(rate, self.ceiling)
+        self.window = 1.0 + self._margin if self.rate >= 1 else 1.0 / self.rate + self._margin
+        self.max_starts = max(1, math.floor(self.rate))
+        # The pacer runs at exactly the window's rate, so the log below only has to cut the
+        # bunches that late wake-ups and catch-up create, and rarely makes anyone wait. A new
+        # pacer starts with a full (small) bucket, so it is replaced only for a real change
+        # (or to run at exactly the ceiling again).
+        pace = self.max_starts / self.window
+        back_to_ceiling = self.rate == self.ceiling and pace != self._pace
+        if back_to_ceiling or abs(pace - self._pace) > 0.02 * self._pace:
+            self._pace = pace
+            burst = max(1.0, pace / 20)
+            self._pacer = AsyncLimiter(burst, burst / pace)
 
     def pause(self, seconds: float) -> None:
         """Hold every start for `seconds` (the API said Retry-After: slow down as a whole)."""

@@ -292,6 +292,7 @@ class Summary:
     elapsed: float = 0.0
     dry_run: bool = False
     requests: int = 0
+    rate_limited: int = 0  # requests answered 429 (and sent again, slower)
     resumed: int = 0  # rows that already had an outcome from an earlier run
     interrupted: bool = False
 
@@ -317,6 +318,7 @@ class Summary:
             **{status: self.counts.get(status, 0) for status in STATUSES},
             "resumed": self.resumed,
             "requests": self.requests,
+            "rate_limited": self.rate_limited,
             "elapsed_seconds": round(self.elapsed, 3),
             "rows_per_second": round(self.rows_per_second, 1),
             "dry_run": self.dry_run,

@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, get_args
 
 import orjson
 import pandas as pd
@@ -67,6 +67,16 @@ class SourceOptions:
     delimiter: str | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
     limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.format is not None and self.format not in get_args(Format):
+            raise UsageError(f"format {self.format!r}: must be csv or jsonl")
+        if self.chunk_size < 1:
+            raise UsageError(f"chunk size {self.chunk_size!r}: must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"limit {self.limit!r}: must be >= 1")
+        if self.delimiter is not None and len(self.delimiter) != 1:
+            raise UsageError(f"delimiter {self.delimiter!r}: must be a single character")
 
 
 def input_name(path: str) -> str:

@@ -1,7 +1,7 @@
 """The Track API client: one aiohttp session per run, and one place that classifies every answer.
 
 Every response (or network failure) becomes a `Response` whose `kind` is the only thing the
-pipeline acts on:
+sender acts on:
 
     OK         accepted
     TRANSIENT  429, 408, 5xx, connection errors, timeouts: retry with backoff

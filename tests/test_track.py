@@ -16,7 +16,7 @@ from multidict import CIMultiDict
 from bulksync.api import _check_region
 from bulksync.errors import CredentialsError, UsageError
 from bulksync.fake import peak_in_window
-from bulksync.pipeline import SendOptions, backoff_delay
+from bulksync.send import SendOptions
 from bulksync.ratelimit import RateLimiter
 from bulksync.track import (
     REGIONS,
@@ -220,7 +220,7 @@ def test_resolve_base_url_refuses_what_is_not_an_http_url(base_url: str) -> None
         resolve_base_url("us", base_url)
 
 
-# --- backoff_delay ---------------------------------------------------------------------------
+# --- Backoff -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("attempt", "ceiling"), [(1, 0.5), (2, 1.0), (3, 2.0), (6, 16.0), (7, 30)])
@@ -229,7 +229,7 @@ def test_backoff_delay_full_jitter_under_an_exponential_ceiling(
 ) -> None:
     options = SendOptions(backoff_base=0.5, backoff_cap=30.0)
     rng = random.Random(1)
-    delays = [backoff_delay(attempt, None, options, rng) for _ in range(2000)]
+    delays = [options.backoff.delay(attempt, None, rng) for _ in range(2000)]
     assert all(0 <= d <= ceiling for d in delays)
     # Full jitter: spread over the whole range, not bunched at the ceiling.
     assert min(delays) < 0.05 * ceiling
@@ -240,16 +240,16 @@ def test_backoff_delay_full_jitter_under_an_exponential_ceiling(
 def test_backoff_delay_never_shorter_than_retry_after() -> None:
     options = SendOptions(backoff_base=0.01, backoff_cap=0.05)
     rng = random.Random(2)
-    assert all(backoff_delay(a, 2.0, options, rng) == 2.0 for a in range(1, 10))
+    assert all(options.backoff.delay(a, 2.0, rng) == 2.0 for a in range(1, 10))
     # A Retry-After below the drawn delay does not shorten it.
     big = SendOptions(backoff_base=10.0, backoff_cap=10.0)
-    assert all(backoff_delay(1, 0.0, big, rng) <= 10.0 for _ in range(50))
-    assert max(backoff_delay(1, 0.001, big, rng) for _ in range(50)) > 1.0
+    assert all(big.backoff.delay(1, 0.0, rng) <= 10.0 for _ in range(50))
+    assert max(big.backoff.delay(1, 0.001, rng) for _ in range(50)) > 1.0
 
 
 def test_backoff_delay_is_reproducible_with_a_seed() -> None:
     options = SendOptions()
-    first = [backoff_delay(3, None, options, random.Random(7)) for _ in range(3)]
+    first = [options.backoff.delay(3, None, random.Random(7)) for _ in range(3)]
     assert len(set(first)) == 1
 
 

@@ -47,6 +47,7 @@ CUSTOMERS_PREFIX = "/api/v1/customers/"
 REGION_PATH = "/api/v1/accounts/region"
 BATCH_PATH = "/api/v2/batch"
 STATS_PATH = "/_fake/stats"
+ACCEPTED_PATH = "/_fake/accepted"  # identifier -> every payload accepted for it, in order
 
 # Limits documented by Customer.io for v1 identify (see track-api.md, "Limits").
 MAX_IDENTIFIER_BYTES = 150
@@ -77,6 +78,10 @@ class FakeConfig:
     environment_id: int = 123
     # Max requests admitted in any sliding 1-second window; the excess answers 429.
     rate_limit: float | None = None
+    # A limit that changes during a run, as a workspace's does when its other traffic comes and
+    # goes: (seconds after the first request, limit) pairs, each in force until the next. Before
+    # the first pair's time, `rate_limit` holds. A new schedule takes effect on reset().
+    limit_schedule: tuple[tuple[float, float | None], ...] = ()
     # Seconds sent in `Retry-After` on 429 answers; None sends no header (the real API's
     # behaviour here is unconfirmed, so clients must handle both).
     retry_after: float | None = None
@@ -235,6 +240,7 @@ class FakeTrackAPI:
         self._jitter = random.Random(self.config.seed)
         self._admitted: deque[float] = deque()  # arrival times of requests the limiter let in
         self._seen: Counter[str] = Counter()  # admitted requests per identifier, for fail_first
+        self._first: float | None = None  # arrival time of the first request: limit_schedule's 0
 
     @property
     def app(self) -> web.Application:
@@ -331,8 +337,10 @@ class FakeTrackAPI:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw_path = request.rel_url.raw_path  # keeps %2F and %25 exactly as the client sent them
-        if raw_path == STATS_PATH:  # the simulator's own inspection route: not recorded
+        if raw_path == STATS_PATH:  # the simulator's own inspection routes: not recorded
             return _json(200, self.stats())
+        if raw_path == ACCEPTED_PATH:
+            return _json(200, self.accepted())
         identifier = None
         if raw_path.startswith(CUSTOMERS_PREFIX):
             # Decode exactly once: the client sent quote(id, safe=""), so "%2540" means "%40".
@@ -374,11 +382,8 @@ class FakeTrackAPI:
         else:
             # Drawn for every admitted request, so the fault sequence depends only on the seed.
             fault = self._pick_fault(self._faults.random())
-            ident = record.identifier
-            if ident is not None:
-                self._seen[ident] += 1
-                if self._seen[ident] <= cfg.fail_first.get(ident, 0):
-                    fault = "fail_first"
+            if record.identifier is not None and self._fails_first([record.identifier]):
+                fault = "fail_first"
 
         match fault:
             case "fail_first":
@@ -395,11 +400,26 @@ class FakeTrackAPI:
         raw = await request.read()
         record.size = len(raw)
         record.body = _parse_json(raw)
+        if record.path == BATCH_PATH and record.auth_ok and refusal is None and fault is None:
+            # A batch fails first as long as one of the people it names does.
+            operations = record.body.get("batch") if isinstance(record.body, dict) else None
+            named = {_operation_identifier(op) for op in operations or []} - {None}
+            if self._fails_first(sorted(str(name) for name in named)):
+                fault = "fail_first"
+                refusal = _error(503, "Service Unavailable (fail_first)")
         if delay > 0:
             await asyncio.sleep(delay)
         if fault == "drop":
             raise _Drop
         return refusal
+
+    def _fails_first(self, identifiers: list[str]) -> bool:
+        """Count a request naming `identifiers`; True while one has fail_first answers left."""
+        fail = False
+        for ident in identifiers:
+            self._seen[ident] += 1
+            fail |= self._seen[ident] <= self.config.fail_first.get(ident, 0)
+        return fail
 
     def _pick_fault(self, draw: float) -> str | None:
         """Map a uniform draw in [0, 1) to at most one fault, each band as wide as its fraction."""
@@ -434,11 +454,21 @@ class FakeTrackAPI:
         window = self._admitted
         while window and window[0] <= now - 1.0:
             window.popleft()
-        limit = self.config.rate_limit
+        limit = self.limit_at(now)
         if limit is not None and len(window) >= limit:
             return False
         window.append(now)
         return True
+
+    def limit_at(self, now: float) -> float | None:
+        """The rate limit in force at time.monotonic() `now` (limit_schedule, else rate_limit)."""
+        if self._first is None:
+            self._first = now
+        limit = self.config.rate_limit
+        for after, scheduled in self.config.limit_schedule:
+            if now - self._first >= after:
+                limit = scheduled
+        return limit
 
     def _too_many(self) -> web.Response:
         retry_after = self.config.retry_after

@@ -39,7 +39,7 @@ def estimate_rows(path: str, fmt: str | None) -> int | None:
     return lines if jsonl else max(0, lines - 1)  # a CSV header is not a row
 
 
-class Progress:
+class ProgressBar:
     """Counts outcomes as they are written; draws a bar when `enabled`."""
 
     def __init__(self, total: int | None, enabled: bool, description: str) -> None:
@@ -112,6 +112,8 @@ def setup_logging(log_file: Path | None, quiet: bool) -> None:
 def summary_lines(what: str, summary: Summary) -> list[str]:
     """The summary for a person: counts, speed, where the results are, what to do next."""
     sent = "" if summary.dry_run else f", {summary.requests:,} requests"
+    if summary.rate_limited:
+        sent += f", {summary.rate_limited:,} answered 429 and sent again slower"
     resumed = f", {summary.resumed:,} done by an earlier run" if summary.resumed else ""
     lines = [
         f"bulksync: {what}: {summary.rows:,} rows in {summary.elapsed:.1f}s"

@@ -1,0 +1,86 @@
+"""Write each row's outcome, in one place for dry runs and sends: the results file, the progress
+callback and (for accepted rows) the diff state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from .normalize import Record, Rejection
+from .plan import Unchanged
+from .results import ResultsLog, Status, outcome_line
+from .state import StateStore
+
+Progress = Callable[[Status], None]
+log = logging.getLogger("bulksync")
+
+
+def no_progress(status: Status) -> None:
+    """The default progress callback: nothing to show."""
+
+
+class Outcomes:
+    """Each method writes one row's outcome; `flush()` makes the outcomes so far durable.
+
+    Callers flush once per request answered (or per chunk read): the results file is the
+    checkpoint, so an outcome is on disk as soon as its request is answered."""
+
+    def __init__(
+        self, log: ResultsLog, progress: Progress = no_progress, state: StateStore | None = None
+    ) -> None:
+        self.log = log
+        self.progress = progress
+        self.state = state
+
+    def invalid(self, rejection: Rejection) -> None:
+        line = outcome_line(rejection.row, rejection.identifier, "invalid", error=rejection.reason)
+        self._write(rejection.row, "invalid", line)
+
+    def unchanged(self, item: Unchanged) -> None:
+        self._write(item.row, "unchanged", outcome_line(item.row, item.identifier, "unchanged"))
+
+    def valid(self, record: Record) -> None:
+        """Dry run: the row would be sent, with this payload."""
+        line = outcome_line(record.row, record.identifier, "valid", payload=record.attributes)
+        self._write(record.row, "valid", line)
+
+    def ok(self, record: Record, mode: str, http_status: int | None, attempts: int) -> None:
+        line = outcome_line(
+            record.row,
+            record.identifier,
+            "ok",
+            http_status=http_status,
+            attempts=attempts,
+            mode=mode,
+        )
+        self._write(record.row, "ok", line)
+        if self.state is not None:
+            self.state.record_accepted(record.identifier, record.attributes)
+
+    def failed(
+        self, record: Record, mode: str, http_status: int | None, attempts: int, error: str
+    ) -> None:
+        """The API refused the row, or its retries ran out: keep the payload to re-send it."""
+        log.error("row %d (id %s) failed: %s", record.row, record.identifier, error)
+        line = outcome_line(
+            record.row,
+            record.identifier,
+            "failed",
+            http_status=http_status,
+            attempts=attempts,
+            error=error,
+            payload=record.attributes,
+            mode=mode,
+        )
+        self._write(record.row, "failed", line)
+
+    def flush(self) -> None:
+        """The results file first, then the state's acceptances: a crash between the two can
+        only make the next run resend a row, never skip one."""
+        self.log.flush()
+        if self.state is not None:
+            self.state.flush()
+
+    def _write(self, row: int, status: Status, line: bytes) -> None:
+        self.log.write(row, status, line)
+        self.progress(status)

@@ -1,0 +1,449 @@
+"""Send records to the Track API: a reader, a bounded queue, N workers, one rate limiter.
+
+    items ─► reader ──► Queue(maxsize) ──► workers xN ──► limiter ──► TrackClient
+             (thread)   backpressure       wait for earlier          │
+             claims each job's             rows of the same    answer│
+             identifiers in file order     identifiers               ▼
+                                           policy (retry, rate, breaker) ─► Outcomes
+
+The reader reads and normalizes in a thread, so pandas work does not stall the event loop; it
+waits when the queue is full, so memory stays bounded however fast the file reads. A job is one
+Record (PUT per row) or a Batch of them (POST /api/v2/batch).
+
+**One identifier, one request in flight, in file order.** Before queueing a job the reader
+claims its identifiers; a worker sends a job only once every earlier job naming one of them has
+its final answer, retries included. Customer.io applies what arrives last, so without this two
+rows of one person sent together (or a retry landing after a later row) leave the older one.
+Jobs without repeated identifiers never wait.
+
+**Retries** (policy.py): 5xx, 408, timeouts and network errors are retried with backoff up to
+`max_retries`; a 429 slows the adaptive rate and is retried without using up the row's retries.
+A row out of retries is marked `failed` only once a request started after its last failure has
+succeeded: until the API is seen to work, the failure may be an outage's, and then the row must
+get no outcome, so that a re-run sends it. At the end of the input, rows still waiting for that
+proof get it from the credentials check (GET /api/v1/accounts/region).
+
+The run stops early in three ways, and in each a row not answered gets no outcome, so a re-run
+sends it: a FATAL answer (401/403, a redirect); the outage breaker; `stop()` (StopHandle), which
+lets requests in flight finish for a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from .batch import DEFAULT_BATCH_SIZE, Batch, pack
+from .errors import AbortError, UsageError
+from .normalize import Record, Rejection
+from .outcomes import Outcomes
+from .plan import Items, Unchanged
+from .policy import AdaptiveRate, Backoff, Breaker
+from .ratelimit import RateLimiter
+from .track import DEFAULT_TIMEOUT, REGIONS, Kind, Response, TrackClient
+
+Job = Record | Batch  # what a worker sends in one request
+log = logging.getLogger("bulksync")
+
+
+@dataclass(frozen=True)
+class SendOptions:
+    """How to send. `rate=None` removes the cap (only sensible against a local simulator).
+    Values are checked here, so a bad one fails before any file is touched."""
+
+    rate: float | None = 100.0  # the ceiling: the adaptive rate slows below it on 429s
+    concurrency: int | None = None  # None: enough to reach `rate` at 500 ms latency
+    max_retries: int = 5
+    timeout: float = DEFAULT_TIMEOUT
+    region: str = "us"
+    base_url: str | None = None
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    batch: bool = False  # POST /api/v2/batch instead of one PUT per row
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} {value!r}: {rule}"
+            for name, value, ok, rule in (
+                ("rate", self.rate, self.rate is None or 0 < self.rate < math.inf, "must be > 0"),
+                ("concurrency", self.concurrency, (self.concurrency or 1) >= 1, "must be >= 1"),
+                ("max_retries", self.max_retries, self.max_retries >= 0, "must be >= 0"),
+                ("timeout", self.timeout, self.timeout > 0, "must be > 0"),
+                ("region", self.region, self.region in REGIONS, "must be us or eu"),
+                ("backoff_base", self.backoff_base, self.backoff_base >= 0, "must be >= 0"),
+                ("backoff_cap", self.backoff_cap, self.backoff_cap >= 0, "must be >= 0"),
+                ("batch_size", self.batch_size, self.batch_size >= 1, "must be >= 1"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise UsageError("; ".join(problems))
+
+    @property
+    def workers(self) -> int:
+        if self.concurrency is not None:
+            return self.concurrency
+        if self.rate is None:
+            return 64
+        # Little's law: requests in flight = rate x latency. 500 ms of latency at the full rate.
+        return max(4, min(500, math.ceil(self.rate * 0.5)))
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(self.backoff_base, self.backoff_cap)
+
+
+class StopHandle:
+    """Ask a running `sync()` or `retry()` to stop, from any thread (a signal handler, a GUI,
+    a supervisor). The first `stop()` stops reading and lets requests in flight finish for the
+    run's grace period; a second stops at once. Rows not finished get no outcome, so running
+    the same command again sends them. A stop asked before sending began takes effect then."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._target: tuple[asyncio.AbstractEventLoop, Callable[[], None]] | None = None
+        self.requested = False
+
+    def stop(self) -> bool:
+        """Stop the run; True if a send was running to be told, False if none is (yet)."""
+        with self._lock:
+            self.requested = True
+            target = self._target
+        if target is None:
+            return False
+        loop, callback = target
+        loop.call_soon_threadsafe(callback)
+        return True
+
+    def _attach(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        with self._lock:
+            self._target = (loop, callback)
+            requested = self.requested
+        if requested:
+            loop.call_soon(callback)
+
+    def _detach(self) -> None:
+        with self._lock:
+            self._target = None
+
+
+class FatalAnswer(Exception):
+    """Raised inside the sender when an answer means the whole run must stop."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class _Unconfirmed(NamedTuple):
+    """Rows whose retries ran out, waiting for proof that the API works for others."""
+
+    answered: float  # time.monotonic() of the last failure
+    records: list[Record]
+    mode: str
+    http_status: int | None
+    attempts: int
+    error: str
+
+
+class _Queued(NamedTuple):
+    job: Job
+    earlier: list[asyncio.Future[None]]  # jobs naming one of its identifiers, read before it
+    done: asyncio.Future[None]
+
+
+class Sender:
+    """Sends records and writes their outcomes. `stop()` ends it gracefully."""
+
+    def __init__(
+        self,
+        client: TrackClient,
+        outcomes: Outcomes,
+        options: SendOptions,
+        *,
+        limiter: RateLimiter | None = None,
+        rng: random.Random | None = None,
+        stop: StopHandle | None = None,
+        grace: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.outcomes = outcomes
+        self.options = options
+        self.limiter = limiter
+        self.rng = rng or random.Random()
+        self.requests = 0
+        self.rate_limited = 0  # 429 answers
+        self.stopping = False
+        self.breaker = Breaker(time.monotonic())
+        self.adaptive = AdaptiveRate(limiter.ceiling, time.monotonic()) if limiter else None
+        self._backoff = options.backoff
+        self._stop_handle = stop
+        self._grace = grace
+        # Bounded in jobs: in batch mode a job holds up to batch_size rows, so keep fewer queued.
+        queued = 4 if options.batch else options.workers * 2
+        self._queue: asyncio.Queue[_Queued | None] = asyncio.Queue(maxsize=queued)
+        self._last_job: dict[str, asyncio.Future[None]] = {}  # identifier -> its latest job
+        self._unconfirmed: deque[_Unconfirmed] = deque()
+        self._reader: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._in_request: set[asyncio.Task[Any] | None] = set()  # workers awaiting an answer
+
+    async def run(self, chunks: Iterator[Items]) -> None:
+        """Send every Record of `chunks` and write every outcome. Raises AbortError when an
+        answer stops the run (credentials refused, the API down); returns early after stop()."""
+        if self._stop_handle is not None:
+            self._stop_handle._attach(asyncio.get_running_loop(), self.stop)
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._workers = [
+                    group.create_task(self._work()) for _ in range(self.options.workers)
+                ]
+                self._reader = group.create_task(self._read(chunks))
+            await self._confirm_remaining()
+        except* FatalAnswer as fatal:
+            first = fatal.exceptions[0]
+            assert isinstance(first, FatalAnswer)
+            raise AbortError(
+                f"{first.message}; stopped. Rows not yet sent have no outcome:"
+                " re-run the same command to resume"
+            ) from None
+        finally:
+            if self._stop_handle is not None:
+                self._stop_handle._detach()
+            self.outcomes.flush()
+
+    def stop(self) -> None:
+        """Stop reading, let requests in flight finish for up to the grace period, then cancel.
+        Rows not finished get no outcome, so a re-run sends them."""
+        grace = 0.0 if self.stopping else self._grace  # a second stop: now
+        self.stopping = True
+        if self._reader is not None:
+            self._reader.cancel()
+        while not self._queue.empty():  # queued rows were not started: leave them for resume
+            self._queue.get_nowait()
+        for task in self._workers:  # waiting for work, the limiter or a backoff: nothing sent
+            if task not in self._in_request:
+                task.cancel()
+        asyncio.get_running_loop().call_later(grace, self._cancel_workers)
+
+    def _cancel_workers(self) -> None:
+        for task in self._workers:
+            task.cancel()
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def _next_jobs(self, chunks: Iterator[Items]) -> Sequence[Job | Rejection | Unchanged] | None:
+        """The next chunk as jobs (records, or batches of them), run in the reader's thread."""
+        items = next(chunks, None)
+        if items is None:
+            return None
+        records = [item for item in items if isinstance(item, Record)]
+        if self.outcomes.state is not None:
+            self.outcomes.state.mark_sending(record.identifier for record in records)
+        if not self.options.batch:
+            return items
+        jobs: list[Job | Rejection | Unchanged] = [
+            item for item in items if not isinstance(item, Record)
+        ]
+        jobs.extend(pack(records, self.options.batch_size))
+        return jobs
+
+    async def _read(self, chunks: Iterator[Items]) -> None:
+        while (jobs := await asyncio.to_thread(self._next_jobs, chunks)) is not None:
+            for job in jobs:
+                if isinstance(job, Rejection):
+                    self.outcomes.invalid(job)
+                elif isinstance(job, Unchanged):
+                    self.outcomes.unchanged(job)
+                else:
+                    await self._queue.put(self._claim(job))
+            self.outcomes.flush()
+        for _ in self._workers:
+            await self._queue.put(None)  # one stop signal per worker
+
+    def _claim(self, job: Job) -> _Queued:
+        """Make `job` the latest job of each of its identifiers; it waits for the previous."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        earlier: dict[asyncio.Future[None], None] = {}
+        for identifier in _identifiers(job):
+            previous = self._last_job.get(identifier)
+            if previous is not None:
+                earlier[previous] = None
+            self._last_job[identifier] = done
+        return _Queued(job, list(earlier), done)
+
+    def _release(self, queued: _Queued) -> None:
+        queued.done.set_result(None)
+        for identifier in _identifiers(queued.job):
+            if self._last_job.get(identifier) is queued.done:
+                del self._last_job[identifier]
+
+    # --- sending ------------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while not self.stopping and (queued := await self._queue.get()) is not None:
+            try:
+                for earlier in queued.earlier:
+                    await earlier  # an earlier row of the same person: its answer first
+                await self._send(queued.job)
+            finally:
+                self._release(queued)
+
+    async def _request(self, job: Job, on_sent: Callable[[], None] | None) -> Response:
+        if isinstance(job, Batch):
+            return await self.client.batch(job.body(), on_sent)
+        return await self.client.identify(job.identifier, job.attributes, on_sent)
+
+    async def _send(self, job: Job, attempts: int = 0) -> None:
+        """Send one job until it is answered for good; write the outcome of each of its rows.
+        `attempts` carries over the requests already made for these rows (when a batch the API
+        refused as a whole is split in two)."""
+        records = job.records if isinstance(job, Batch) else [job]
+        mode = "batch" if isinstance(job, Batch) else "single"
+        tries = 0  # this job's transient failures other than 429: its retry budget
+        limited = 0  # this job's 429s
+        while True:
+            on_sent = await self.limiter.acquire() if self.limiter is not None else None
+            if self.stopping:
+                return  # not started: no outcome, sent again on resume
+            self.requests += 1
+            attempts += 1
+            started = time.monotonic()
+            task = asyncio.current_task()
+            self._in_request.add(task)
+            try:
+                response = await self._request(job, on_sent)
+            finally:
+                self._in_request.discard(task)
+            self._judge(response, started)
+            if response.kind is Kind.OK:
+                # A 207 lists the operations it refused; every other one was accepted.
+                refused = _refused_operations(response.body) if response.status == 207 else {}
+                for index, record in enumerate(records):
+                    error = refused.get(index)
+                    if error is None:
+                        self.outcomes.ok(record, mode, response.status, attempts)
+                    else:
+                        self.outcomes.failed(record, mode, response.status, attempts, error)
+                self.outcomes.flush()
+                return
+            if response.kind is Kind.TERMINAL:
+                if response.status in (400, 413) and isinstance(job, Batch) and len(job) > 1:
+                    # The API refused the whole request, maybe for one bad operation: send the
+                    # halves apart, so the good rows still land and the bad one is isolated.
+                    for half in job.halves():
+                        await self._send(half, attempts)
+                    return
+                for record in records:
+                    error = response.error or "refused"
+                    self.outcomes.failed(record, mode, response.status, attempts, error)
+                self.outcomes.flush()
+                return
+            log.debug("rows %d..: attempt %d: %s", records[0].row, attempts, response.error)
+            if response.status == 429:
+                # Not this row's fault: the adaptive rate has slowed down, and the row is
+                # retried without using up its retries. A workspace that refuses everything
+                # trips the breaker instead.
+                limited += 1
+                if self.limiter is not None:
+                    if response.retry_after:
+                        self.limiter.pause(response.retry_after)  # for everyone, not one row
+                    continue
+                await asyncio.sleep(self._backoff.delay(limited, response.retry_after, self.rng))
+                continue
+            tries += 1
+            if tries > self.options.max_retries:
+                error = f"{response.error} (gave up after {attempts} attempts)"
+                failure = _Unconfirmed(
+                    time.monotonic(), records, mode, response.status, attempts, error
+                )
+                self._unconfirmed.append(failure)
+                return
+            await asyncio.sleep(self._backoff.delay(tries, response.retry_after, self.rng))
+
+    def _judge(self, response: Response, started: float) -> None:
+        """What an answer says about the run: credentials, the rate, the API's health."""
+        if response.kind is Kind.FATAL:
+            raise FatalAnswer(response.error or "the API refused the run")
+        now = time.monotonic()
+        failed = response.kind is Kind.TRANSIENT
+        self.breaker.record(None if response.status == 429 else not failed, now)
+        if self.adaptive is not None and self.limiter is not None:
+            if response.status == 429:
+                rate = self.adaptive.rate_limited(started, now)
+                if self.adaptive.cuts == 1 and self.rate_limited == 0:
+                    log.warning(
+                        "the API answered 429 (rate limited): slowing down below --rate %g;"
+                        " the workspace's limit is shared with its other traffic",
+                        self.limiter.ceiling,
+                    )
+            else:
+                rate = self.adaptive.accepted(now)
+            self.limiter.set_rate(rate)
+        if response.status == 429:
+            self.rate_limited += 1
+        if not failed:
+            self._confirm(started)
+        elif self.breaker.tripped(now):
+            raise FatalAnswer(f"the Track API kept failing ({response.error}); {self.breaker}")
+
+    def _confirm(self, started: float) -> None:
+        """A request started at `started` got an answer: the API works, so the rows that ran
+        out of retries before then failed for their own reasons."""
+        written = False
+        while self._unconfirmed and self._unconfirmed[0].answered < started:
+            failure = self._unconfirmed.popleft()
+            for record in failure.records:
+                self.outcomes.failed(
+                    record, failure.mode, failure.http_status, failure.attempts, failure.error
+                )
+            written = True
+        if written:
+            self.outcomes.flush()
+
+    async def _confirm_remaining(self) -> None:
+        """At the end of the input, rows out of retries that no later success has confirmed:
+        ask the API whether it is up (the credentials check) until it answers or the breaker
+        trips. Up: they are `failed`. Down: the run stops, and they get no outcome."""
+        attempt = 0
+        while self._unconfirmed and not self.stopping:
+            if self.limiter is not None:
+                await self.limiter.acquire()
+            started = time.monotonic()
+            response = await self.client.region()
+            self.requests += 1
+            self._judge(response, started)
+            if response.kind is Kind.TRANSIENT:
+                attempt += 1
+                await asyncio.sleep(self._backoff.delay(attempt, response.retry_after, self.rng))
+
+
+def _identifiers(job: Job) -> Iterable[str]:
+    return (
+        (record.identifier for record in job.records)
+        if isinstance(job, Batch)
+        else [job.identifier]
+    )
+
+
+def _refused_operations(body: object) -> dict[int, str]:
+    """batch_index -> reason, from a 207 answer's {"errors": [{"batch_index", "reason",
+    "field", "message"}]}."""
+    refused: dict[int, str] = {}
+    errors = body.get("errors") if isinstance(body, dict) else None
+    for error in errors if isinstance(errors, list) else []:
+        if isinstance(error, dict) and isinstance(error.get("batch_index"), int):
+            field = f" ({error['field']})" if error.get("field") else ""
+            refused[error["batch_index"]] = (
+                f"HTTP 207{field}: {error.get('message') or error.get('reason') or 'refused'}"
+            )
+    return refused
