@@ -52,7 +52,7 @@ class AdaptiveRate:
     the answers to requests sent at the old rate say nothing about the new one, and the API's
     window still remembers them (TCP, likewise, cuts once per round trip)."""
 
-    DECREASE = 0.8  # x rate on a 429; tuned with the "adaptive rate" benchmark
+    DECREASE = 0.85  # x rate on a 429; tuned with the "adaptive rate" benchmark
     INCREASE = 0.1  # x ceiling added back per second without a 429
     HOLD = 0.3  # seconds after a cut during which further 429s are answers to the old rate
 

@@ -81,17 +81,20 @@ class RateLimiter:
             while (wait := self._paused_until - time.monotonic()) > 0:
                 await asyncio.sleep(wait)
             await self._pacer.acquire()
-            while True:
-                now = time.monotonic()
-                if self._paused_until > now:
-                    break  # a pause began while this start waited: wait it out, queue again
-                while self._starts and self._starts[0][0] <= now - self.window:
-                    self._starts.popleft()
-                if len(self._starts) < self.max_starts:
-                    start = [now]
-                    self._starts.append(start)
-                    return lambda: _restamp(start)
-                await asyncio.sleep(self._starts[0][0] + self.window - now)
+            now = time.monotonic()
+            if self._paused_until > now:
+                continue  # a pause began while this start waited: wait it out, queue again
+            while self._starts and self._starts[0][0] <= now - self.window:
+                self._starts.popleft()
+            if len(self._starts) < self.max_starts:
+                start = [now]
+                self._starts.append(start)
+                return lambda: _restamp(start)
+            # The log is full (the rate was just cut, or late wake-ups bunched starts): wait
+            # for its oldest start to leave the window, then queue at the pacer again. Waiting
+            # here instead would let every start held meanwhile leave together when the log
+            # empties, and that bunch would come back a window later, and so on.
+            await asyncio.sleep(self._starts[0][0] + self.window - now)
 
 
 def _restamp(start: list[float]) -> None:
