@@ -95,7 +95,8 @@ def send_options(command: F) -> F:
                 default=100.0,
                 show_default=True,
                 help="Most requests started in any one-second window: your workspace's Track"
-                " API limit. 0 removes the cap (only for a local simulator).",
+                " API limit. A ceiling: on 429 answers bulksync slows down below it, and speeds"
+                " up again when they stop. 0 removes the cap (only for a local simulator).",
             ),
             click.option(
                 "--concurrency",
@@ -108,8 +109,8 @@ def send_options(command: F) -> F:
                 type=click.IntRange(min=0),
                 default=5,
                 show_default=True,
-                help="Retries of a transient failure (429, 5xx, timeout, network) before the row"
-                " fails.",
+                help="Retries of a transient failure (5xx, timeout, network) before the row"
+                " fails. 429s (rate limited) are retried, slower, without counting.",
             ),
             click.option(
                 "--batch",

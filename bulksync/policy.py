@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -92,7 +93,7 @@ class Breaker:
     answers nothing but 429 for `WINDOW` seconds trips it."""
 
     WINDOW = 30.0  # seconds of answers it judges
-    MIN_FAILURES = 10  # fewer failures than this trip it only after WINDOW without success
+    MIN_FAILURES = 20  # fewer failures than this trip it only after WINDOW without success
     RATIO = 0.5  # never trips while most answers are successes
 
     def __init__(self, now: float) -> None:
@@ -133,22 +134,32 @@ async def check_credentials(
     backoff: Backoff,
 ) -> tuple[Response, int]:
     """Check the credentials (GET /api/v1/accounts/region) before any row is sent, retrying
-    transient failures like any request. Returns the answer and the requests it took."""
+    transient failures like any request: 429s without using up `max_retries`, for at most the
+    breaker's window. Returns the answer and the requests it took."""
     rng = random.Random()
-    attempt = 0
+    began = time.monotonic()
+    requests = failures = limited = 0
     while True:
         if limiter is not None:
             await limiter.acquire()  # this request counts against the rate like any other
-        attempt += 1
+        requests += 1
         response = await client.region()
         if response.kind is Kind.OK:
-            return response, attempt
+            return response, requests
         if response.kind is not Kind.TRANSIENT:
             raise AbortError(f"{response.error}; nothing was sent")
-        if attempt > max_retries:
+        log.debug("credentials check: attempt %d: %s", requests, response.error)
+        if response.status == 429:
+            limited += 1
+            gave_up = time.monotonic() - began >= Breaker.WINDOW
+            delay = backoff.delay(limited, response.retry_after, rng)
+        else:
+            failures += 1
+            gave_up = failures > max_retries
+            delay = backoff.delay(failures, response.retry_after, rng)
+        if gave_up:
             raise AbortError(
                 f"cannot reach the Track API at {client.base_url}: {response.error};"
                 " nothing was sent, run again later"
             )
-        log.debug("credentials check: attempt %d: %s", attempt, response.error)
-        await asyncio.sleep(backoff.delay(attempt, response.retry_after, rng))
+        await asyncio.sleep(delay)

@@ -75,7 +75,12 @@ class SendOptions:
             f"{name} {value!r}: {rule}"
             for name, value, ok, rule in (
                 ("rate", self.rate, self.rate is None or 0 < self.rate < math.inf, "must be > 0"),
-                ("concurrency", self.concurrency, (self.concurrency or 1) >= 1, "must be >= 1"),
+                (
+                    "concurrency",
+                    self.concurrency,
+                    self.concurrency is None or self.concurrency >= 1,
+                    "must be >= 1",
+                ),
                 ("max_retries", self.max_retries, self.max_retries >= 0, "must be >= 0"),
                 ("timeout", self.timeout, self.timeout > 0, "must be > 0"),
                 ("region", self.region, self.region in REGIONS, "must be us or eu"),

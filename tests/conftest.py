@@ -4,8 +4,10 @@ subprocess, and (for sending) the local Track API simulator over loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Coroutine, Iterator
+import time
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -72,3 +74,24 @@ def api_env(fake: ServerThread, monkeypatch: pytest.MonkeyPatch) -> ServerThread
     monkeypatch.setenv("CUSTOMERIO_API_KEY", API_KEY)
     monkeypatch.setenv("BULKSYNC_BASE_URL", fake.url)
     return fake
+
+
+@contextlib.contextmanager
+def after_requests(
+    fake: ServerThread, n: int, change: Callable[[FakeConfig], None]
+) -> Iterator[None]:
+    """Change the simulator's config once it has received `n` requests (in a watcher thread)."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set() and len(fake.fake.requests) < n:
+            time.sleep(0.002)
+        change(fake.fake.config)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()

@@ -33,7 +33,7 @@ from bulksync import AbortError, Credentials, SendOptions, Summary, SyncOptions,
 from bulksync.cli import main
 from bulksync.fake import Recorded
 
-from .conftest import API_KEY, ROOT, SAMPLES, SITE_ID, ServerThread, read_results
+from .conftest import API_KEY, ROOT, SAMPLES, SITE_ID, ServerThread, after_requests, read_results
 
 REGION_PATH = "/api/v1/accounts/region"
 # Small backoffs keep retry tests fast; the CLI has no flag for these.
@@ -408,10 +408,14 @@ def test_one_failing_row_does_not_abort_a_sequential_run(
 
 
 def test_api_down_aborts_without_marking_rows_failed(fake: ServerThread, tmp_path: Path) -> None:
+    """Every request fails once the credentials check has passed: the rows run out of
+    retries, the health check at the end fails too, and the breaker stops the run."""
     rows = people(6)
-    fake.fake.config.fail_first = {row["id"]: 100 for row in rows}
     out = tmp_path / "out.jsonl"
-    with pytest.raises(AbortError, match="kept failing"):
+    with (
+        pytest.raises(AbortError, match="kept failing"),
+        after_requests(fake, 1, lambda config: setattr(config, "fail_503", 1.0)),
+    ):
         run(write_csv(tmp_path / "in.csv", rows), fake, out, max_retries=2, concurrency=2)
     assert outcomes(out) == []  # nothing marked failed: a re-run sends every row
     assert fake.fake.accepted() == {}

@@ -16,8 +16,8 @@ from multidict import CIMultiDict
 from bulksync.api import _check_region
 from bulksync.errors import CredentialsError, UsageError
 from bulksync.fake import peak_in_window
-from bulksync.send import SendOptions
 from bulksync.ratelimit import RateLimiter
+from bulksync.send import SendOptions
 from bulksync.track import (
     REGIONS,
     Credentials,
