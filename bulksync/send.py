@@ -381,21 +381,20 @@ class Sender:
             raise FatalAnswer(response.error or "the API refused the run")
         now = time.monotonic()
         failed = response.kind is Kind.TRANSIENT
-        self.breaker.record(None if response.status == 429 else not failed, now)
-        if self.adaptive is not None and self.limiter is not None:
-            if response.status == 429:
-                rate = self.adaptive.rate_limited(started, now)
-                if self.adaptive.cuts == 1 and self.rate_limited == 0:
-                    log.warning(
-                        "the API answered 429 (rate limited): slowing down below --rate %g;"
-                        " the workspace's limit is shared with its other traffic",
-                        self.limiter.ceiling,
-                    )
-            else:
-                rate = self.adaptive.accepted(now)
-            self.limiter.set_rate(rate)
-        if response.status == 429:
+        limited = response.status == 429
+        self.breaker.record(None if limited else not failed, now)
+        if limited:
+            if self.rate_limited == 0:
+                log.warning(
+                    "the API answered 429 (rate limited): slowing down; the workspace's limit"
+                    " is shared with its other traffic, and may be below --rate"
+                )
             self.rate_limited += 1
+        if self.adaptive is not None and self.limiter is not None:
+            if limited:
+                self.limiter.set_rate(self.adaptive.rate_limited(started, now))
+            else:
+                self.limiter.set_rate(self.adaptive.accepted(now))
         if not failed:
             self._confirm(started)
         elif self.breaker.tripped(now):
