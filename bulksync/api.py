@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -20,11 +21,20 @@ from .outcomes import Outcomes, Progress, no_progress
 from .plan import Items, Unchanged, changed, pending
 from .policy import check_credentials
 from .ratelimit import BATCH_MARGIN, DEFAULT_MARGIN, RateLimiter
-from .results import InputIdentity, ResultsLog, Summary, default_results_path, is_transient
+from .results import (
+    InputIdentity,
+    ResultsLog,
+    Summary,
+    default_results_path,
+    is_transient,
+    latest_accepted_rows,
+)
 from .send import Sender, SendOptions, StopHandle
 from .source import SourceOptions, read_chunks
 from .state import StateStore
 from .track import Credentials, TrackClient, resolve_base_url
+
+logger = logging.getLogger("bulksync")
 
 
 @dataclass(frozen=True)
@@ -128,10 +138,29 @@ def retry(
     if not results_path.is_file():
         raise UsageError(f"{results_path}: no such results file")
     with ResultsLog(results_path, None) as log, _state(options, str(results_path)) as store:
-        records: Items = [
-            Record(line["row"], line["id"], line["payload"])
+        lines = [
+            line
             for line in log.failed()
             if isinstance(line.get("payload"), dict) and (all_failed or is_transient(line))
+        ]
+        # A failed row whose person has a later row accepted since must not be re-sent: it
+        # would overwrite the newer data (the file's last row for a person is what it means).
+        accepted = latest_accepted_rows(results_path, {line["id"] for line in lines})
+        superseded = [line for line in lines if accepted.get(line["id"], 0) > line["row"]]
+        if superseded:
+            first = superseded[0]
+            logger.warning(
+                "%d failed row(s) not re-sent: a later row of the same person was accepted"
+                " since, and re-sending the older one would overwrite it (e.g. row %d,"
+                " superseded by row %d)",
+                len(superseded),
+                first["row"],
+                accepted[first["id"]],
+            )
+        records: Items = [
+            Record(line["row"], line["id"], line["payload"])
+            for line in lines
+            if accepted.get(line["id"], 0) < line["row"]
         ]
         resumed = log.resumed
         outcomes = Outcomes(log, progress or no_progress, store)

@@ -81,6 +81,27 @@ def outcome_line(
     return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
 
+def latest_accepted_rows(path: Path, identifiers: set[str]) -> dict[str, int]:
+    """For each of `identifiers`, the highest row of it whose latest outcome in the results
+    file at `path` is ok or unchanged. A pure reader: no lock, no truncation."""
+    if not identifiers:
+        return {}
+    latest: dict[int, tuple[str, str]] = {}  # row -> (identifier, status), rows of interest
+    with path.open("rb") as f:
+        f.readline()  # the header
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break  # torn by a crash mid-write
+            line = orjson.loads(raw)
+            if line.get("id") in identifiers:
+                latest[line["row"]] = (line["id"], line["status"])
+    rows: dict[str, int] = {}
+    for row, (identifier, status) in latest.items():
+        if status in ("ok", "unchanged") and row > rows.get(identifier, 0):
+            rows[identifier] = row
+    return rows
+
+
 @dataclass(frozen=True)
 class InputIdentity:
     """Which input a results file belongs to: path, size and SHA-256 of the content."""

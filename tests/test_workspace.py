@@ -13,7 +13,16 @@ from typing import Any
 
 import pytest
 
-from bulksync import AbortError, Credentials, SendOptions, StopHandle, Summary, SyncOptions, sync
+from bulksync import (
+    AbortError,
+    Credentials,
+    SendOptions,
+    StopHandle,
+    Summary,
+    SyncOptions,
+    retry,
+    sync,
+)
 from bulksync.policy import Breaker
 
 from .conftest import API_KEY, SITE_ID, ServerThread, after_requests
@@ -276,3 +285,37 @@ def test_stop_asked_before_sending_sends_no_row(fake: ServerThread, tmp_path: Pa
     thread.join(20)
     assert box["summary"].interrupted
     assert puts(fake) == []
+
+
+# --- retry never puts an older row over a newer one -------------------------------------------
+
+
+def test_retry_skips_a_failed_row_whose_person_has_a_later_row_accepted(
+    fake: ServerThread, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = [
+        {"id": "p", "v": "1", "plan": "old"},
+        {"id": "q", "v": "1", "plan": "x"},
+        {"id": "p", "v": "2", "plan": "new"},
+        {"id": "r", "v": "1", "plan": "y"},
+        {"id": "s", "v": "1", "plan": "z"},
+    ]
+    # p's first row and r's row fail once (503) with --max-retries 0; p's second row is ok.
+    fake.fake.config.fail_first = {"p": 1, "r": 1}
+    out = tmp_path / "out.jsonl"
+    summary = run(write_csv(tmp_path / "in.csv", rows), fake, out, max_retries=0, concurrency=1)
+    assert summary.counts == {"ok": 3, "failed": 2}
+    assert applied(fake) == {"p": [2], "q": [1], "s": [1]}
+
+    before = len(fake.fake.requests)
+    again = retry(
+        out,
+        SyncOptions(send=SendOptions(base_url=fake.url, rate=None, **FAST)),
+        credentials=Credentials(SITE_ID, API_KEY),
+    )
+    resent = [rec.identifier for rec in fake.fake.requests[before:] if rec.identifier]
+    assert resent == ["r"]  # not p's row 1: it would overwrite row 3
+    assert applied(fake)["p"] == [2]
+    assert again.counts == {"ok": 4, "failed": 1}
+    assert "1 failed row(s) not re-sent" in caplog.text
+    assert "row 1, superseded by row 3" in caplog.text
