@@ -116,9 +116,10 @@ def pack(records: Iterable[Record], batch_size: int) -> Iterator[Batch | Rejecti
                 f"batch operation is {len(op):,} bytes, over the API's {MAX_OPERATION_BYTES:,}",
             )
             continue
-        after = max(
-            (i + 1 for i, b in enumerate(batches) if record.identifier in b.identifiers), default=0
-        )
+        # The first batch it may join: after the last one that names the same person.
+        after = len(batches)
+        while after and record.identifier not in batches[after - 1].identifiers:
+            after -= 1
         for candidate in batches[after:]:
             if candidate.add(record, op, batch_size):
                 break

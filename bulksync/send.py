@@ -114,7 +114,9 @@ class StopHandle:
     the same command again sends them. A stop asked before sending began takes effect then."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler calling stop() may interrupt this very thread inside
+        # _attach or _detach.
+        self._lock = threading.RLock()
         self._target: tuple[asyncio.AbstractEventLoop, Callable[[], None]] | None = None
         self.requested = False
 
