@@ -521,11 +521,196 @@ def bench_state(quick: bool) -> list[str]:
     return ["## state\n\n" + note, measured, ratios]
 
 
+# --- adaptive rate: a workspace limit below --rate, and one that changes ----------------------
+
+ADAPTIVE_CEILING = 100  # --rate given to bulksync (its default)
+GOODPUT_TARGET = 0.90  # accepted rows/s over the simulator's limit, when the limit is below --rate
+LIMITED_SHARE_TARGET = 0.05  # 429 answers over all requests the simulator received
+SCHEDULE_WALL_TARGET = 1.2  # wall time over a client that knew the changing limit
+LOW_LIMIT = 60  # scenario 1: the workspace's real limit, below --rate
+# Scenario 2: (seconds after the first request, limit) pairs, as --limit-schedule takes them;
+# --rate-limit ADAPTIVE_CEILING holds before the first.
+SCHEDULE = ((10.0, 30.0), (25.0, 100.0))
+
+
+def ideal_seconds(
+    requests: int, ceiling: float, limit: float | None, schedule: Sequence[tuple[float, float]]
+) -> float:
+    """Seconds a client that knew the limit in force at every moment needs for `requests`: it
+    sends at min(ceiling, limit), `limit` until the schedule's first time, then each scheduled
+    limit in turn."""
+    t, left = 0.0, float(requests)
+    for until, following in [*schedule, (float("inf"), None)]:
+        speed = ceiling if limit is None else min(ceiling, limit)
+        if left <= speed * (until - t):
+            return t + left / speed
+        left -= speed * (until - t)
+        t, limit = until, following
+    raise AssertionError("unreachable: the last step never ends")
+
+
+def sync_cli(path: Path, url: str, *options: str) -> dict[str, Any]:
+    """`python -m bulksync sync PATH --quiet --json --results TMP OPTIONS` in a child process,
+    aimed at `url`: its JSON summary. BenchError unless every row ended ok."""
+    with tempfile.TemporaryDirectory(prefix="bulksync-bench-") as tmp:
+        argv = [sys.executable, "-m", "bulksync", "sync", str(path), "--quiet", "--json"]
+        argv += ["--results", str(Path(tmp) / "results.jsonl"), *options]
+        env = {**os.environ, "CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY}
+        env["BULKSYNC_BASE_URL"] = url
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env)
+    if done.returncode != 0:
+        raise BenchError(f"{shlex.join(argv)} exited {done.returncode}; stderr:\n{done.stderr}")
+    summary: dict[str, Any] = json.loads(done.stdout)
+    if summary["failed"] or summary["invalid"] or summary["ok"] != _data_rows(path):
+        raise BenchError(f"bulksync sync {path.name}: not every row ended ok: {summary}")
+    return summary
+
+
+def bench_adaptive(quick: bool) -> list[str]:
+    """PUT per row at --rate 100 against a workspace limit below it (60/s), one that drops to
+    30/s and recovers, and none: accepted rows/s, share of 429s, peak second."""
+    low_rows, schedule_rows, free_rows = (600, 1_500, 600) if quick else (2_400, 6_000, 2_400)
+    # --quick shrinks the schedule with the rows, so its figures are a smoke run only: the
+    # adaptive rate takes as many seconds to grow back whatever the schedule's length.
+    scale = schedule_rows / 6_000
+    schedule = tuple((after * scale, limit) for after, limit in SCHEDULE)
+    schedule_text = ",".join(f"{after:g}:{limit:g}" for after, limit in schedule)
+    scenarios = [
+        ("limit below --rate", ("--rate-limit", str(LOW_LIMIT)), low_rows),
+        (
+            "limit drops and recovers",
+            ("--rate-limit", str(ADAPTIVE_CEILING), "--limit-schedule", schedule_text),
+            schedule_rows,
+        ),
+        ("no contention", (), free_rows),
+    ]
+    measured, goals = [], []
+    for name, options, rows in scenarios:
+        path = data_file("csv", rows)
+        print(f"adaptive: {name}, {rows:,} rows ...", file=sys.stderr, flush=True)
+        with simulator(*options) as url:  # a fresh one each: its own limiter, peak and clock
+            summary = sync_cli(path, url, "--rate", str(ADAPTIVE_CEILING))
+            stats = simulator_stats(url)
+        if stats["accepted"] != rows:
+            raise BenchError(f"{name}: the simulator accepted {stats['accepted']:,} of {rows:,}")
+        span, limited = stats["span_seconds"], stats["statuses"].get("429", 0)
+        if summary["rate_limited"] != limited:
+            raise BenchError(
+                f"{name}: bulksync counted {summary['rate_limited']:,} 429s,"
+                f" the simulator answered {limited:,}"
+            )
+        goodput, share, peak = rows / span, limited / stats["requests"], stats["peak_per_second"]
+        measured.append(
+            [
+                name,
+                " ".join(options) or "(no limit)",
+                rows,
+                stats["requests"],
+                limited,
+                span,
+                summary["elapsed_seconds"],
+                goodput,
+                f"{peak} / {ADAPTIVE_CEILING}: "
+                + ("never above" if peak <= ADAPTIVE_CEILING else "ABOVE"),
+            ]
+        )
+        if name == "limit below --rate":
+            ratio = goodput / LOW_LIMIT
+            goals.append(
+                [
+                    name,
+                    f"accepted rows/s / limit {LOW_LIMIT}",
+                    f"{ratio:.2f}",
+                    f">= {GOODPUT_TARGET}",
+                    "met" if ratio >= GOODPUT_TARGET else "MISSED",
+                ]
+            )
+        elif name == "limit drops and recovers":
+            # The simulator's clock starts at the first request: the credentials check.
+            ideal = ideal_seconds(
+                stats["requests"] - limited, ADAPTIVE_CEILING, ADAPTIVE_CEILING, schedule
+            )
+            ratio = span / ideal
+            goals.append(
+                [
+                    name,
+                    f"wall / ideal {ideal:.1f} s",
+                    f"{ratio:.2f}",
+                    f"<= {SCHEDULE_WALL_TARGET}",
+                    "met" if ratio <= SCHEDULE_WALL_TARGET else "MISSED",
+                ]
+            )
+        else:
+            ratio = goodput / ADAPTIVE_CEILING
+            goals.append(
+                [
+                    name,
+                    f"accepted rows/s / --rate {ADAPTIVE_CEILING}",
+                    f"{ratio:.2f}",
+                    f">= {SATURATION_TARGET}",
+                    "met" if ratio >= SATURATION_TARGET else "MISSED",
+                ]
+            )
+        target = 0 if name == "no contention" else LIMITED_SHARE_TARGET
+        goals.append(
+            [
+                name,
+                "429s / requests received",
+                f"{share:.1%}",
+                "0" if target == 0 else f"<= {target:.0%}",
+                "met" if share <= target else "MISSED",
+            ]
+        )
+
+    note = (
+        f"`--rate` ({ADAPTIVE_CEILING}, the default) is a ceiling: on a 429 bulksync cuts its rate"
+        " and grows it back (AIMD, `bulksync/policy.py` AdaptiveRate), for a workspace whose"
+        " limit is lower because other traffic shares it. Each scenario runs"
+        f" `python -m bulksync sync FILE --quiet --json --results TMP --rate {ADAPTIVE_CEILING}`"
+        " (one PUT per row, a generated CSV with distinct ids) in a fresh process against a fresh"
+        " simulator (`bulksync fake-server OPTIONS`, its own process, latency 0, 429s without"
+        " `Retry-After`). Its `--rate-limit N` admits N requests in any sliding second, counting"
+        " admitted requests only; `--limit-schedule T:N,...` changes N at T seconds after the"
+        " first request. Span is the simulator's, first request (the credentials check) to"
+        " last; accepted rows/s is rows / span; client s is bulksync's own elapsed time (with"
+        " reading the input). The ideal wall time is a client that knew the limit: it sends at"
+        f" min(--rate, limit) under schedule `{schedule_text}`, its requests being the rows and"
+        " the credentials check. The peak second is the simulator's most arrivals in any sliding"
+        " second, refused ones included."
+    )
+    if quick:
+        note += (
+            f" **--quick**: fewer rows and the schedule shrunk to {scale:g}x its times; the"
+            " adaptive rate needs the same seconds to grow back whatever the schedule, so these"
+            " figures are a smoke run, not comparable to a full run."
+        )
+    blocks = ["## adaptive\n\n" + note]
+    blocks.append(
+        table(
+            [
+                "scenario",
+                "simulator",
+                "rows",
+                "requests",
+                "429s",
+                "span s",
+                "client s",
+                "accepted rows/s",
+                "peak second / --rate",
+            ],
+            measured,
+        )
+    )
+    blocks.append(table(["scenario", "ratio", "measured", "goal", "verdict"], goals))
+    return blocks
+
+
 SECTIONS: dict[str, Callable[[bool], list[str]]] = {
     "dryrun": bench_dryrun,
     "send": bench_send,
     "batch": bench_batch,
     "state": bench_state,
+    "adaptive": bench_adaptive,
 }
 
 
