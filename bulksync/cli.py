@@ -289,9 +289,11 @@ def sync_command(
 ) -> None:
     """Send every row of INPUT (a CSV or JSONL file, or - for stdin) to Customer.io.
 
-    Each row becomes PUT /api/v1/customers/{id}, sent at up to --rate requests per second, with
-    transient failures retried. Each row's outcome is written to the results file as it is
-    known; running the same command again resumes: rows with an outcome are not sent again.
+    Each row becomes PUT /api/v1/customers/{id}, sent at up to --rate requests per second
+    (slower while the API answers 429), with transient failures retried. Rows of one identifier
+    are sent one at a time, in file order. Each row's outcome is written to the results file as
+    it is known; running the same command again resumes: rows with an outcome are not sent
+    again.
 
     With --dry-run nothing is sent: each row is checked and its results line says 'valid' (with
     the exact payload that would be sent) or 'invalid' (with the reason).
