@@ -6,17 +6,18 @@ enough. aiolimiter alone cannot hold both bounds: `AsyncLimiter(rate, 1)` starts
 bucket and lets about 2x `rate` through in the first second; `AsyncLimiter(1, 1 / rate)` never
 bursts but loses every late wake-up and sustains only ~90% of `rate`. So two layers:
 
-1. aiolimiter paces starts at `rate` with a small bucket (1/20 s worth), which absorbs late
-   wake-ups without allowing a real burst;
+1. aiolimiter paces starts at the ceiling with a small bucket (1/20 s worth), which absorbs
+   late wake-ups without allowing a real burst;
 2. a sliding-window log of the last starts refuses a start while `rate` of them fall within the
    last `window` seconds. That bound is exact by construction.
 
 `window` is one second plus a small margin, because the server sees arrival times, not our start
 times: a request that waits longer for its connection arrives later than it started.
 
-`set_rate` moves the rate below the ceiling it was made with (the adaptive rate in policy.py).
-aiolimiter's rate is fixed at construction, so the pacer is replaced; starts already waiting in
-the old one leave at its pace, and the log, which reads the new rate at once, keeps the bound.
+`set_rate` moves the rate below the ceiling (the adaptive rate in policy.py). aiolimiter's rate
+is fixed when it is made, and a second limiter would release its own waiters at its own pace
+(two pacers, twice the rate, in bunches the log then cuts), so below the ceiling each start
+also reserves the next free slot, `window / rate` after the previous one.
 """
 
 from __future__ import annotations
@@ -45,25 +46,19 @@ class RateLimiter:
         # request really left (see acquire()).
         self._starts: deque[list[float]] = deque()
         self._paused_until = 0.0
-        self._pace = 0.0
-        self._pacer: AsyncLimiter
+        self._next_slot = 0.0  # below the ceiling: the earliest time of the next start
         self.set_rate(rate)
+        # The pacer runs at exactly the window's rate, so the log below only has to cut the
+        # bunches that late wake-ups and catch-up create, and rarely makes anyone wait.
+        pace = self.max_starts / self.window
+        burst = max(1.0, pace / 20)
+        self._pacer = AsyncLimiter(burst, burst / pace)
 
     def set_rate(self, rate: float) -> None:
         """Send at `rate` from now on (at most the ceiling the limiter was made with)."""
         self.rate = min(rate, self.ceiling)
         self.window = 1.0 + self._margin if self.rate >= 1 else 1.0 / self.rate + self._margin
         self.max_starts = max(1, math.floor(self.rate))
-        # The pacer runs at exactly the window's rate, so the log below only has to cut the
-        # bunches that late wake-ups and catch-up create, and rarely makes anyone wait. A new
-        # pacer starts with a full (small) bucket, so it is replaced only for a real change
-        # (or to run at exactly the ceiling again).
-        pace = self.max_starts / self.window
-        back_to_ceiling = self.rate == self.ceiling and pace != self._pace
-        if back_to_ceiling or abs(pace - self._pace) > 0.02 * self._pace:
-            self._pace = pace
-            burst = max(1.0, pace / 20)
-            self._pacer = AsyncLimiter(burst, burst / pace)
 
     def pause(self, seconds: float) -> None:
         """Hold every start for `seconds` (the API said Retry-After: slow down as a whole)."""
@@ -81,6 +76,8 @@ class RateLimiter:
             while (wait := self._paused_until - time.monotonic()) > 0:
                 await asyncio.sleep(wait)
             await self._pacer.acquire()
+            if self.rate < self.ceiling:
+                await self._next_free_slot()
             now = time.monotonic()
             if self._paused_until > now:
                 continue  # a pause began while this start waited: wait it out, queue again
@@ -95,6 +92,15 @@ class RateLimiter:
             # here instead would let every start held meanwhile leave together when the log
             # empties, and that bunch would come back a window later, and so on.
             await asyncio.sleep(self._starts[0][0] + self.window - now)
+
+    async def _next_free_slot(self) -> None:
+        """Reserve the next slot at the current rate and wait for it. Slots are reserved ahead,
+        so a late wake-up costs its own start a little, not the rate."""
+        now = time.monotonic()
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + self.window / self.max_starts
+        if slot > now:
+            await asyncio.sleep(slot - now)
 
 
 def _restamp(start: list[float]) -> None:
