@@ -339,20 +339,17 @@ def test_fail_first_within_budget_counts_attempts(fake: ServerThread, tmp_path: 
 
 
 def test_dropped_connections_are_retried(fake: ServerThread, tmp_path: Path) -> None:
-    fake.fake.config.drop = 0.5
+    fake.fake.config.drop = 0.3
     fake.fake.config.seed = 8
     fake.fake.reset()
     rows = people(30)
     out = tmp_path / "out.jsonl"
     summary = run(write_csv(tmp_path / "in.csv", rows), fake, out, max_retries=10)
     assert summary.exit_code == 0
-    # aiohttp itself re-sends an idempotent PUT once on a dropped kept-alive connection, so the
-    # simulator may see more requests than `attempts`: assert outcomes, not exact counts.
-    assert_all_ok_once(fake, out, rows)
-    counts = fake.fake.requests_per_identifier()
-    lines = by_id(out)
-    assert all(1 <= line["attempts"] <= counts[ident] for ident, line in lines.items())
-    assert any(line["attempts"] > 1 for line in lines.values())
+    # Every request the simulator saw went through the retry policy and the rate limiter:
+    # aiohttp's own silent re-send of an idempotent PUT on a dropped connection is off.
+    assert_retried_to_ok(fake, out, rows)
+    assert summary.requests == len(fake.fake.requests)
     assert any(rec.status == 0 for rec in puts(fake))  # some connections really were dropped
 
 
