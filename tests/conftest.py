@@ -3,18 +3,18 @@ subprocess, and (for sending) the local Track API simulator over loopback."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 import pytest
 
-from bulksync.fake import FakeConfig, FakeTrackAPI
+from bulksync.fake import FakeConfig
+from bulksync.fake.process import ServerThread
 
 T = TypeVar("T")
 SITE_ID = "site-123"
@@ -34,27 +34,6 @@ def read_results(path: Path) -> list[dict[str, Any]]:
 @pytest.fixture
 def results_path(tmp_path: Path) -> Path:
     return tmp_path / "out.results.jsonl"
-
-
-class ServerThread:
-    """The Track API simulator on its own event loop in a background thread, so the code under
-    test can run its own `asyncio.run()` (as the CLI does) against a real loopback socket."""
-
-    def __init__(self, config: FakeConfig) -> None:
-        self.fake = FakeTrackAPI(config)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.url = self._call(self.fake.start())
-
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
-
-    def close(self) -> None:
-        self._call(self.fake.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
 
 
 @pytest.fixture
