@@ -8,7 +8,7 @@ the stricter reading, measured on the exact bytes sent.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import orjson
@@ -60,6 +60,19 @@ class Batch:
             Batch(self.records[:middle], self.operations[:middle]),
             Batch(self.records[middle:], self.operations[middle:]),
         )
+
+    def split(self, keep: Callable[[Record], bool]) -> tuple[Batch, Batch]:
+        """(the records `keep` accepts, the others), each with its operations, in order."""
+        kept = [i for i, record in enumerate(self.records) if keep(record)]
+        kept_set = set(kept)
+        rest = [i for i in range(len(self.records)) if i not in kept_set]
+        return self._subset(kept), self._subset(rest)
+
+    def _subset(self, indexes: list[int]) -> Batch:
+        return Batch([self.records[i] for i in indexes], [self.operations[i] for i in indexes])
+
+    def __add__(self, other: Batch) -> Batch:
+        return Batch(self.records + other.records, self.operations + other.operations)
 
     def __len__(self) -> int:
         return len(self.records)

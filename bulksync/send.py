@@ -14,7 +14,8 @@ Record (PUT per row) or a Batch of them (POST /api/v2/batch).
 claims its identifiers; a worker sends a job only once every earlier job naming one of them has
 its final answer, retries included. Customer.io applies what arrives last, so without this two
 rows of one person sent together (or a retry landing after a later row) leave the older one.
-Jobs without repeated identifiers never wait.
+Jobs without repeated identifiers never wait. A batch naming people whose earlier rows are
+still unanswered is queued in two parts, so only those rows wait, not the whole batch.
 
 **Retries** (policy.py): 5xx, 408, timeouts and network errors are retried with backoff up to
 `max_retries`; a 429 slows the adaptive rate and is retried without using up the row's retries.
@@ -162,10 +163,15 @@ class _Unconfirmed(NamedTuple):
     error: str
 
 
-class _Queued(NamedTuple):
+class _Part(NamedTuple):
+    """A job, or the part of a batch that waits (or not) for earlier rows."""
+
     job: Job
-    earlier: list[asyncio.Future[None]]  # jobs naming one of its identifiers, read before it
-    done: asyncio.Future[None]
+    earlier: list[asyncio.Future[None]]  # unanswered parts read before it, naming its people
+    done: asyncio.Future[None]  # set when its rows are answered
+
+
+_Queued = list[_Part]  # one job; a batch in two parts when some of its people must wait
 
 
 class Sender:
@@ -272,12 +278,24 @@ class Sender:
                 elif isinstance(job, Unchanged):
                     self.outcomes.unchanged(job)
                 else:
-                    await self._queue.put(self._claim(job))
+                    await self._queue.put([self._claim(part) for part in self._parts(job)])
             self.outcomes.flush()
         for _ in self._workers:
             await self._queue.put(None)  # one stop signal per worker
 
-    def _claim(self, job: Job) -> _Queued:
+    def _parts(self, job: Job) -> Iterable[Job]:
+        """A batch naming people whose earlier rows are still unanswered comes in two parts:
+        the rows free to go, and the rows that must wait. Waiting whole, every row of it would
+        wait, and in a file where people repeat close together each batch would wait for the
+        one before it, one round trip at a time."""
+        if not isinstance(job, Batch) or not any(
+            record.identifier in self._last_job for record in job.records
+        ):
+            return [job]
+        ready, held = job.split(lambda record: record.identifier not in self._last_job)
+        return [part for part in (ready, held) if len(part)]
+
+    def _claim(self, job: Job) -> _Part:
         """Make `job` the latest job of each of its identifiers; it waits for the previous."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         earlier: dict[asyncio.Future[None], None] = {}
@@ -286,24 +304,39 @@ class Sender:
             if previous is not None:
                 earlier[previous] = None
             self._last_job[identifier] = done
-        return _Queued(job, list(earlier), done)
+        return _Part(job, list(earlier), done)
 
-    def _release(self, queued: _Queued) -> None:
-        queued.done.set_result(None)
-        for identifier in _identifiers(queued.job):
-            if self._last_job.get(identifier) is queued.done:
+    def _release(self, part: _Part) -> None:
+        if part.done.done():
+            return
+        part.done.set_result(None)
+        for identifier in _identifiers(part.job):
+            if self._last_job.get(identifier) is part.done:
                 del self._last_job[identifier]
 
     # --- sending ------------------------------------------------------------------------------
 
     async def _work(self) -> None:
-        while not self.stopping and (queued := await self._queue.get()) is not None:
+        while not self.stopping and (parts := await self._queue.get()) is not None:
             try:
-                for earlier in queued.earlier:
-                    await earlier  # an earlier row of the same person: its answer first
-                await self._send(queued.job)
+                await self._send_in_order(parts)
             finally:
-                self._release(queued)
+                for part in parts:
+                    self._release(part)
+
+    async def _send_in_order(self, parts: _Queued) -> None:
+        """Send each part once the earlier rows of its people are answered: one request for
+        both parts of a batch if they were answered while it was queued."""
+        if len(parts) == 2 and all(earlier.done() for earlier in parts[1].earlier):
+            ready, held = parts[0].job, parts[1].job
+            assert isinstance(ready, Batch) and isinstance(held, Batch)
+            await self._send(ready + held)
+            return
+        for part in parts:
+            for earlier in part.earlier:
+                await earlier  # an earlier row of the same person: its answer first
+            await self._send(part.job)
+            self._release(part)  # its people's next rows need not wait for the other part
 
     async def _request(self, job: Job, on_sent: Callable[[], None] | None) -> Response:
         if isinstance(job, Batch):

@@ -319,3 +319,29 @@ def test_retry_skips_a_failed_row_whose_person_has_a_later_row_accepted(
     assert again.counts == {"ok": 4, "failed": 1}
     assert "1 failed row(s) not re-sent" in caplog.text
     assert "row 1, superseded by row 3" in caplog.text
+
+
+def test_batch_rows_waiting_for_a_person_do_not_hold_back_the_rest(
+    fake: ServerThread, tmp_path: Path
+) -> None:
+    """People repeat a few rows apart, so nearly every batch names someone from the batch
+    before: only those rows wait for its answer (a smaller request), the others go at once."""
+    fake.fake.config.latency = 0.03
+    rows = []
+    for i in range(120):
+        rows.append({"id": f"p{i}", "v": "1", "plan": "a"})
+        if i >= 3:
+            rows.append({"id": f"p{i - 3}", "v": "2", "plan": "b"})
+    summary = run(
+        write_csv(tmp_path / "in.csv", rows),
+        fake,
+        tmp_path / "out.jsonl",
+        batch=True,
+        batch_size=10,
+        concurrency=8,
+    )
+    assert summary.counts == {"ok": len(rows)}
+    assert_file_order(fake, rows)
+    sizes = [len(rec.body["batch"]) for rec in fake.fake.requests if rec.path == BATCH_PATH]
+    assert sum(sizes) == len(rows)
+    assert min(sizes[:-1]) < 10  # some batches went in two parts
