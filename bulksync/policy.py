@@ -3,7 +3,7 @@
 Three small pieces, each a pure object with the clock passed in (so tests drive them without
 sleeping), and the credentials check's retry loop that uses them:
 
-- `backoff_delay`: exponential backoff with full jitter, never sooner than `Retry-After`.
+- `Backoff`: exponential backoff with full jitter, never sooner than `Retry-After`.
 - `AdaptiveRate`: the request rate as AIMD (additive increase, multiplicative decrease, as TCP
   does). `--rate` is the ceiling, not the speed: a workspace's 100 requests/s are shared with
   its live traffic, and Customer.io sends no `Retry-After` on its 429s, so a 429 is the only
@@ -11,7 +11,8 @@ sleeping), and the credentials check's retry loop that uses them:
   second without one adds `INCREASE` of the ceiling back.
 - `Breaker`: judges the API over a sliding window of answers, as resilience4j and Polly do: it
   trips when at least `MIN_FAILURES` transient failures make up half or more of the last
-  `WINDOW` seconds of answers. One unlucky row, or 20% of random 503s, never trips it.
+  `WINDOW` seconds of answers, or when nothing succeeded for `WINDOW` seconds. 429s are no
+  failures to it. One unlucky row, or 20% of random 503s, never trips it.
 
 See docs/track-api.md for the API facts behind these numbers.
 """
