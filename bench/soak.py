@@ -49,7 +49,7 @@ from bulksync.fake import FakeConfig, FakeTrackAPI, Recorded, peak_in_window
 from bulksync.fake.process import ServerThread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import code_state
+from run import code_state, table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -639,19 +639,6 @@ def dump_requests(run: ModeRun, path: Path) -> None:
 
 
 # --- report ------------------------------------------------------------------------------------
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return f"{value:,.1f}"
-        if isinstance(value, int):
-            return f"{value:,}"
-        return str(value)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def summary_table(runs: Sequence[ModeRun], facts: Sequence[Facts]) -> str:

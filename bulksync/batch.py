@@ -63,13 +63,13 @@ class Batch:
 
     def split(self, keep: Callable[[Record], bool]) -> tuple[Batch, Batch]:
         """(the records `keep` accepts, the others), each with its operations, in order."""
-        kept = [i for i, record in enumerate(self.records) if keep(record)]
-        kept_set = set(kept)
-        rest = [i for i in range(len(self.records)) if i not in kept_set]
-        return self._subset(kept), self._subset(rest)
+        flags = [keep(record) for record in self.records]
+        return self._where(flags, True), self._where(flags, False)
 
-    def _subset(self, indexes: list[int]) -> Batch:
-        return Batch([self.records[i] for i in indexes], [self.operations[i] for i in indexes])
+    def _where(self, flags: list[bool], wanted: bool) -> Batch:
+        rows = zip(self.records, self.operations, flags, strict=True)
+        pairs = [(record, op) for record, op, flag in rows if flag is wanted]
+        return Batch([record for record, _ in pairs], [op for _, op in pairs])
 
     def __add__(self, other: Batch) -> Batch:
         return Batch(self.records + other.records, self.operations + other.operations)

@@ -299,7 +299,7 @@ class Sender:
         """Make `job` the latest job of each of its identifiers; it waits for the previous."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         earlier: dict[asyncio.Future[None], None] = {}
-        for identifier in _identifiers(job):
+        for identifier in (record.identifier for record in _records(job)):
             previous = self._last_job.get(identifier)
             if previous is not None:
                 earlier[previous] = None
@@ -310,7 +310,7 @@ class Sender:
         if part.done.done():
             return
         part.done.set_result(None)
-        for identifier in _identifiers(part.job):
+        for identifier in (record.identifier for record in _records(part.job)):
             if self._last_job.get(identifier) is part.done:
                 del self._last_job[identifier]
 
@@ -347,7 +347,7 @@ class Sender:
         """Send one job until it is answered for good; write the outcome of each of its rows.
         `attempts` carries over the requests already made for these rows (when a batch the API
         refused as a whole is split in two)."""
-        records = job.records if isinstance(job, Batch) else [job]
+        records = _records(job)
         mode = "batch" if isinstance(job, Batch) else "single"
         tries = 0  # this job's transient failures other than 429: its retry budget
         limited = 0  # this job's 429s
@@ -466,12 +466,8 @@ class Sender:
                 await asyncio.sleep(self._backoff.delay(attempt, response.retry_after, self.rng))
 
 
-def _identifiers(job: Job) -> Iterable[str]:
-    return (
-        (record.identifier for record in job.records)
-        if isinstance(job, Batch)
-        else [job.identifier]
-    )
+def _records(job: Job) -> list[Record]:
+    return job.records if isinstance(job, Batch) else [job]
 
 
 def _refused_operations(body: object) -> dict[int, str]:
