@@ -2,13 +2,15 @@
 
 from .api import SyncOptions, check, retry, sync
 from .errors import AbortError, BulksyncError, CredentialsError, InputError, UsageError
-from .normalize import NormalizeOptions, Record, Rejection
+from .normalize import NormalizeOptions, Rejection
+from .operations import KINDS, Record
 from .results import Summary
 from .send import SendOptions, StopHandle
 from .source import SourceOptions
 from .track import Credentials
 
 __all__ = [
+    "KINDS",
     "AbortError",
     "BulksyncError",
     "Credentials",

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .normalize import NormalizeOptions, Record, normalize, plan_columns
+from .normalize import ColumnPlan, NormalizeOptions, normalize, plan_columns
+from .operations import KINDS, PEOPLE, Kind, Record
 from .outcomes import Outcomes, Progress, no_progress
 from .plan import Items, Unchanged, changed, pending
 from .policy import check_credentials
@@ -26,11 +27,13 @@ from .results import (
     ResultsLog,
     Summary,
     default_results_path,
+    failed_lines,
     is_transient,
     latest_accepted_rows,
+    read_lines,
 )
 from .send import Sender, SendOptions, StopHandle
-from .source import SourceOptions, read_chunks
+from .source import Chunk, SourceOptions, read_chunks
 from .state import StateStore
 from .track import Credentials, TrackClient, resolve_base_url
 
@@ -50,6 +53,7 @@ class SyncOptions:
     grace: float = 10.0  # seconds in-flight requests may finish after a stop (StopHandle)
     state: Path | None = None  # diff state store: skip rows whose payload was accepted as is
     full: bool = False  # with `state`: send every row anyway, and refresh the state
+    yes: bool = False  # send the irreversible kinds (deletions, suppressions, merges)
 
     def __post_init__(self) -> None:
         if not 0 <= self.grace < math.inf:
@@ -84,13 +88,27 @@ def sync(
     # A dry run always starts over, so it need not fingerprint the input.
     identity = InputIdentity(input_path) if options.dry_run else InputIdentity.of(input_path)
     fresh = options.fresh or options.dry_run
-    with contextlib.closing(read_chunks(input_path, options.source)) as chunks:
+    with contextlib.ExitStack() as stack:
+        chunks = stack.enter_context(contextlib.closing(read_chunks(input_path, options.source)))
         first = next(chunks)
         # Resolve the options against the first chunk's columns, so a wrong option fails
         # before anything is sent or written.
         column_plan = plan_columns(options.normalize, list(first.frame.columns))
+        kind = column_plan.kind
+        if kind.irreversible and not (options.yes or options.dry_run):
+            # Standard input cannot be read twice: there, every row must be confirmed.
+            done = set() if fresh or input_path == "-" else _rows_done(results_path)
+            _require_yes(itertools.chain([first], chunks), column_plan, done)
+            # Every row already has an outcome (a finished run, resumed): read it again to
+            # resume, which sends nothing.
+            chunks = stack.enter_context(
+                contextlib.closing(read_chunks(input_path, options.source))
+            )
+            first = next(chunks)
         with (
-            ResultsLog(results_path, identity, fresh=fresh, dry_run=options.dry_run) as log,
+            ResultsLog(
+                results_path, identity, fresh=fresh, dry_run=options.dry_run, op=kind.name
+            ) as log,
             _state(options, input_path) as store,
         ):
             items: Iterator[Items] = (
@@ -100,7 +118,7 @@ def sync(
                 items = (pending(batch, log) for batch in items)
             if store is not None and not options.full:
                 items = (changed(batch, store) for batch in items)
-            outcomes = Outcomes(log, progress or no_progress, store)
+            outcomes = Outcomes(log, progress or no_progress, store, kind.name)
             sent = _Sent()
             if options.dry_run:
                 _dry_run(items, outcomes)
@@ -116,6 +134,7 @@ def sync(
         rate_limited=sent.rate_limited,
         resumed=log.resumed,
         interrupted=sent.interrupted,
+        op=kind.name,
     )
 
 
@@ -128,9 +147,10 @@ def retry(
     progress: Progress | None = None,
     stop: StopHandle | None = None,
 ) -> Summary:
-    """Re-send the rows whose latest outcome in `results_path` is `failed`, from the payload
-    kept there (the input file is not needed), appending their new outcomes. Only transient
-    failures (429, 5xx, timeouts, network) are re-sent, unless `all_failed`."""
+    """Re-send the rows whose latest outcome in `results_path` is `failed`, each as the same
+    operation (its `op`) from the payload kept there (the input file is not needed), appending
+    their new outcomes. Only transient failures (429, 5xx, timeouts, network) are re-sent,
+    unless `all_failed`. Irreversible operations need `options.yes`."""
     options = options or SyncOptions()
     started = time.monotonic()
     credentials = credentials or Credentials.from_env()
@@ -138,30 +158,10 @@ def retry(
     if not results_path.is_file():
         raise UsageError(f"{results_path}: no such results file")
     with ResultsLog(results_path, None) as log, _state(options, str(results_path)) as store:
-        lines = [
-            line
-            for line in log.failed()
-            if isinstance(line.get("payload"), dict) and (all_failed or is_transient(line))
-        ]
-        # A failed row whose person has a later row accepted since must not be re-sent: it
-        # would overwrite the newer data (the file's last row for a person is what it means).
-        accepted = latest_accepted_rows(results_path, {line["id"] for line in lines})
-        superseded = [line for line in lines if accepted.get(line["id"], 0) > line["row"]]
-        if superseded:
-            first = superseded[0]
-            logger.warning(
-                "%d failed row(s) not re-sent: a later row of the same person was accepted"
-                " since, and re-sending the older one would overwrite it (e.g. row %d,"
-                " superseded by row %d)",
-                len(superseded),
-                first["row"],
-                accepted[first["id"]],
-            )
-        records: Items = [
-            Record(line["row"], line["id"], line["payload"])
-            for line in lines
-            if accepted.get(line["id"], 0) < line["row"]
-        ]
+        records = _to_retry(results_path, all_failed)
+        irreversible = [r for r in records if KINDS[r.op].irreversible]
+        if irreversible and not options.yes:
+            raise UsageError(_irreversible(KINDS[irreversible[0].op], len(irreversible), "retry"))
         resumed = log.resumed
         outcomes = Outcomes(log, progress or no_progress, store)
         sent = asyncio.run(_send(iter([records]), outcomes, base_url, credentials, options, stop))
@@ -174,6 +174,76 @@ def retry(
         resumed=resumed - len(records),
         interrupted=sent.interrupted,
     )
+
+
+def _to_retry(results_path: Path, all_failed: bool) -> list[Record]:
+    """The failed rows of a results file to send again, as the operations that failed."""
+    lines = [
+        line
+        for line in failed_lines(results_path)
+        if isinstance(line.get("payload"), dict) and (all_failed or is_transient(line))
+    ]
+    for line in lines:
+        if line["op"] not in KINDS:
+            raise UsageError(
+                f"{results_path}: row {line['row']} has an unknown op {line['op']!r}; was it"
+                " written by a newer bulksync?"
+            )
+    # A failed row whose person (or object) has a later row accepted since must not be re-sent
+    # when the later row replaced it: re-sent, the older row would overwrite the newer data.
+    # Events, devices and the like add to a person rather than replace: never superseded.
+    replacing = {line["id"] for line in lines if KINDS[line["op"]].last_wins}
+    accepted = latest_accepted_rows(results_path, replacing)
+    superseded = [
+        line
+        for line in lines
+        if KINDS[line["op"]].last_wins and accepted.get(line["id"], 0) > line["row"]
+    ]
+    if superseded:
+        first = superseded[0]
+        logger.warning(
+            "%d failed row(s) not re-sent: a later row of the same %s was accepted since, and"
+            " re-sending the older one would overwrite it (e.g. row %d, superseded by row %d)",
+            len(superseded),
+            "person" if first["op"] == PEOPLE else "object",
+            first["row"],
+            accepted[first["id"]],
+        )
+    skip = {line["row"] for line in superseded}
+    return [
+        Record(line["row"], line["id"], line["payload"], line["op"])
+        for line in lines
+        if line["row"] not in skip
+    ]
+
+
+def _irreversible(kind: Kind, count: int, command: str) -> str:
+    check = " Check them with --dry-run, then pass" if command == "sync" else " Pass"
+    return (
+        f"--kind {kind.name} cannot be undone: {count:,} row(s) would be sent"
+        f" ({kind.summary.partition(' (')[0]}). Nothing was sent.{check} --yes to send them"
+    )
+
+
+def _require_yes(chunks: Iterator[Chunk], column_plan: ColumnPlan, done: set[int]) -> None:
+    """Refuse an irreversible kind without --yes, saying how many rows it would send (rows
+    that already have an outcome in the results file are not sent again)."""
+    count = sum(
+        isinstance(item, Record) and item.row not in done
+        for chunk in chunks
+        for item in normalize(chunk, column_plan)
+    )
+    if count:
+        raise UsageError(_irreversible(column_plan.kind, count, "sync"))
+
+
+def _rows_done(results_path: Path) -> set[int]:
+    """Rows that already have an outcome in an existing results file (read, not opened for
+    writing); whether the file can be resumed is decided when it is opened."""
+    try:
+        return {line["row"] for line in read_lines(results_path)}
+    except (OSError, UsageError):
+        return set()
 
 
 def _state(options: SyncOptions, input_path: str) -> contextlib.AbstractContextManager[Any]:

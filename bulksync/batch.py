@@ -11,37 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-import orjson
-
-from .normalize import Record, Rejection
+from .normalize import Rejection
+from .operations import MAX_OPERATION_BYTES, Record, operation, order_keys
 
 MAX_REQUEST_BYTES = 500_000
-MAX_OPERATION_BYTES = 32_000
 DEFAULT_BATCH_SIZE = 1000  # operations per request; see docs/benchmarks.md
 _OPEN, _CLOSE = b'{"batch":[', b"]}"
-
-
-def identifiers(identifier: str) -> dict[str, str]:
-    """The `identifiers` object for a row, read from the identifier's shape as Customer.io reads
-    a v1 path identifier: `cio_...` is a cio_id (sent without its prefix), a value with an @ is
-    an email, anything else an id."""
-    if identifier.startswith("cio_"):
-        return {"cio_id": identifier.removeprefix("cio_")}
-    if "@" in identifier:
-        return {"email": identifier}
-    return {"id": identifier}
-
-
-def operation(record: Record) -> bytes:
-    """One person identify operation, serialized as it is sent."""
-    return orjson.dumps(
-        {
-            "type": "person",
-            "identifiers": identifiers(record.identifier),
-            "action": "identify",
-            "attributes": record.attributes,
-        }
-    )
 
 
 @dataclass(frozen=True)
@@ -102,7 +77,7 @@ class _Open:
             return False
         self.records.append(record)
         self.operations.append(op)
-        self.identifiers.add(record.identifier)
+        self.identifiers.update(order_keys(record))
         self.size += added
         self.full = len(self.operations) >= batch_size
         return True
@@ -112,7 +87,8 @@ class _Open:
 
 
 def pack(records: Iterable[Record], batch_size: int) -> Iterator[Batch | Rejection]:
-    """Batches of at most `batch_size` operations and under MAX_REQUEST_BYTES bytes.
+    """Batches of at most `batch_size` operations and under MAX_REQUEST_BYTES bytes, of any
+    kinds (`operations.operation` serializes each).
 
     A batch holds at most one operation per identifier, and a later row of an identifier is
     always in a later batch than its earlier rows: the sender sends batches that share an
@@ -131,7 +107,8 @@ def pack(records: Iterable[Record], batch_size: int) -> Iterator[Batch | Rejecti
             continue
         # The first batch it may join: after the last one that names the same person.
         after = len(batches)
-        while after and record.identifier not in batches[after - 1].identifiers:
+        keys = order_keys(record)
+        while after and batches[after - 1].identifiers.isdisjoint(keys):
             after -= 1
         for candidate in batches[after:]:
             if candidate.add(record, op, batch_size):

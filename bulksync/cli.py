@@ -21,6 +21,7 @@ from .batch import DEFAULT_BATCH_SIZE
 from .console import ProgressBar, estimate_rows, setup_logging, summary_lines
 from .errors import BulksyncError
 from .normalize import ColumnType, EmptyPolicy, NormalizeOptions
+from .operations import KINDS, PEOPLE, PLATFORMS
 from .results import Summary
 from .send import SendOptions, StopHandle
 from .source import DEFAULT_CHUNK_SIZE, Format, SourceOptions, input_name
@@ -148,8 +149,67 @@ def send_options(command: F) -> F:
                 type=click.Path(dir_okay=False, path_type=Path),
                 help="Also log to this file, every retry included.",
             ),
+            click.option(
+                "--yes",
+                is_flag=True,
+                help="Send the kinds that cannot be undone (deletions, suppressions, merges);"
+                " without it they send nothing. Try --dry-run first.",
+            ),
         ]
     ):
+        command = option(command)
+    return command
+
+
+def _role_options() -> dict[str, tuple[str, bool]]:
+    """click parameter name -> (role, is a constant), for every role of every kind."""
+    options: dict[str, tuple[str, bool]] = {}
+    for kind in KINDS.values():
+        for role in kind.roles:
+            options[role.option.removeprefix("--").replace("-", "_")] = (role.name, False)
+            if role.constant:
+                options[role.constant.removeprefix("--").replace("-", "_")] = (role.name, True)
+    return options
+
+
+def kind_options(command: F) -> F:
+    """--kind and the options naming the columns each kind reads, made from the KINDS table."""
+    seen: set[str] = set()
+    decorators = [
+        click.option(
+            "--kind",
+            type=click.Choice(list(KINDS)),
+            default=PEOPLE,
+            show_default=True,
+            help="What each row becomes: a person's attributes, an event, a push device, an object"
+            " (e.g. a company), a person-object relationship, a deletion, a suppression, an"
+            " unsuppression, or a merge of two people. Columns per kind: see the README.",
+        )
+    ]
+    for kind in KINDS.values():
+        for role in kind.roles:
+            if role.option in seen:
+                continue
+            seen.add(role.option)
+            kinds = ", ".join(k.name for k in KINDS.values() if role in k.roles)
+            decorators.append(
+                click.option(role.option, metavar="COL", help=f"--kind {kinds}: {role.help}")
+            )
+            if role.constant:
+                choices = (
+                    click.Choice(PLATFORMS, case_sensitive=False)
+                    if role.name == "platform"
+                    else None
+                )
+                decorators.append(
+                    click.option(
+                        role.constant,
+                        type=choices,
+                        metavar=None if choices else "VALUE",
+                        help=f"--kind {kinds}: {role.constant_help}",
+                    )
+                )
+    for option in reversed(decorators):
         command = option(command)
     return command
 
@@ -243,6 +303,7 @@ def main() -> None:
     is_flag=True,
     help="With --state: send every row, changed or not, and refresh the state.",
 )
+@kind_options
 @connection_options
 @send_options
 @click.option("--limit", type=click.IntRange(min=1), help="Process only the first N rows.")
@@ -284,16 +345,19 @@ def sync_command(
     quiet: bool,
     as_json: bool,
     log_file: Path | None,
+    yes: bool,
     limit: int | None,
     chunk_size: int,
+    kind: str,
+    **roles: str | None,
 ) -> None:
     """Send every row of INPUT (a CSV or JSONL file, or - for stdin) to Customer.io.
 
-    Each row becomes PUT /api/v1/customers/{id}, sent at up to --rate requests per second
-    (slower while the API answers 429), with transient failures retried. Rows of one identifier
-    are sent one at a time, in file order. Each row's outcome is written to the results file as
-    it is known; running the same command again resumes: rows with an outcome are not sent
-    again.
+    Each row becomes one operation of --kind (default people: PUT /api/v1/customers/{id}), sent
+    at up to --rate requests per second (slower while the API answers 429), with transient
+    failures retried. Rows of one identifier are sent one at a time, in file order. Each row's
+    outcome is written to the results file as it is known; running the same command again
+    resumes: rows with an outcome are not sent again.
 
     With --dry-run nothing is sent: each row is checked and its results line says 'valid' (with
     the exact payload that would be sent) or 'invalid' (with the reason).
@@ -316,6 +380,9 @@ def sync_command(
             types=cast(dict[str, ColumnType], _pairs("--type", types)),
             empty=empty,
             update_only=update_only,
+            kind=kind,
+            role_columns=_given(roles, constants=False),
+            constants=_given(roles, constants=True),
         ),
         send=_send_options(
             rate, concurrency, max_retries, timeout, region, base_url, batch, batch_size
@@ -326,13 +393,14 @@ def sync_command(
         grace=grace,
         state=state,
         full=full,
+        yes=yes,
     )
     total = None
     if not (quiet or as_json) and sys.stderr.isatty():
         total = estimate_rows(input_path, fmt)
     _run(
         "dry run" if dry_run else "sync",
-        input_name(input_path),
+        input_name(input_path) + ("" if kind == PEOPLE else f" (--kind {kind})"),
         lambda progress, stop: sync(input_path, options, progress=progress, stop=stop),
         quiet=quiet,
         as_json=as_json,
@@ -366,11 +434,14 @@ def retry_command(
     quiet: bool,
     as_json: bool,
     log_file: Path | None,
+    yes: bool,
 ) -> None:
-    """Re-send the rows whose latest outcome in RESULTS is "failed", from the payload kept there
-    (the input file is not needed), and append their new outcomes.
+    """Re-send the rows whose latest outcome in RESULTS is "failed", each as the same operation
+    (people, events...) from the payload kept there (the input file is not needed), and append
+    their new outcomes.
 
     Only transient failures (429, 5xx, timeouts, network) are re-sent, unless --all-failed.
+    Deletions, suppressions and merges need --yes, as in sync.
     """
     options = SyncOptions(
         send=_send_options(
@@ -378,6 +449,7 @@ def retry_command(
         ),
         grace=grace,
         state=state,
+        yes=yes,
     )
     _run(
         "retry",
@@ -390,6 +462,16 @@ def retry_command(
         log_file=log_file,
         total=None,
     )
+
+
+def _given(roles: dict[str, str | None], *, constants: bool) -> dict[str, str]:
+    """The role options given on the command line: role -> column, or role -> value."""
+    by_parameter = _role_options()
+    return {
+        by_parameter[name][0]: value
+        for name, value in roles.items()
+        if value is not None and by_parameter[name][1] is constants
+    }
 
 
 def _send_options(
@@ -555,6 +637,14 @@ def _limit_schedule(text: str | None) -> tuple[tuple[float, float | None], ...]:
 @click.option("--fail-429", type=float, default=0.0, help="Fraction of requests answered 429.")
 @click.option("--drop", type=float, default=0.0, help="Fraction of connections dropped.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the faults.")
+@click.option(
+    "--reject",
+    "reject_ids",
+    metavar="ID",
+    multiple=True,
+    help="Answer 400 to every request/operation naming this identifier (repeatable), to"
+    " rehearse failed rows.",
+)
 def fake_server_command(**settings: Any) -> None:
     """Run the local Track API simulator, for rehearsals and demos (Ctrl-C stops it).
 
@@ -565,6 +655,7 @@ def fake_server_command(**settings: Any) -> None:
 
     host, port = settings.pop("host"), settings.pop("port")
     settings["limit_schedule"] = _limit_schedule(settings.pop("limit_schedule"))
+    settings["reject_ids"] = frozenset(settings["reject_ids"])
     try:
         run_fake_server(FakeConfig(**settings), host=host, port=port)
     except OSError as exc:

@@ -18,6 +18,7 @@ from typing import Self
 
 from tqdm import tqdm
 
+from .operations import KINDS
 from .results import STATUSES, Summary
 
 log = logging.getLogger("bulksync")
@@ -111,7 +112,8 @@ def setup_logging(log_file: Path | None, quiet: bool) -> None:
 
 def summary_lines(what: str, summary: Summary) -> list[str]:
     """The summary for a person: counts, speed, where the results are, what to do next."""
-    sent = "" if summary.dry_run else f", {summary.requests:,} requests"
+    plural = "" if summary.requests == 1 else "s"
+    sent = "" if summary.dry_run else f", {summary.requests:,} request{plural}"
     if summary.rate_limited:
         sent += f", {summary.rate_limited:,} answered 429 and sent again slower"
     resumed = f", {summary.resumed:,} done by an earlier run" if summary.resumed else ""
@@ -133,5 +135,8 @@ def summary_lines(what: str, summary: Summary) -> list[str]:
     if summary.counts.get("invalid"):
         lines.append(f"invalid rows and their reasons: grep '\"invalid\"' {path}")
     if summary.dry_run and summary.rows and summary.exit_code == 0:
-        lines.append("next: every row is valid; run again without --dry-run to send")
+        how = "without --dry-run"
+        if KINDS[summary.op].irreversible:
+            how += " and with --yes"
+        lines.append(f"next: every row is valid; run again {how} to send")
     return lines

@@ -27,6 +27,7 @@ import pandas as pd
 from email_validator import EmailNotValidError, validate_email
 
 from .errors import UsageError
+from .operations import KINDS, PEOPLE, Invalid, Kind, Record, Role
 from .source import Chunk
 
 ColumnType = Literal["int", "float", "bool", "str"]
@@ -39,14 +40,6 @@ MAX_ID_BYTES = 150
 MAX_NAME_BYTES = 150
 MAX_VALUE_BYTES = 1000
 MAX_ATTRIBUTES = 300
-
-
-class Record(NamedTuple):
-    """A row ready to send: `PUT /api/v1/customers/{identifier}` with `attributes` as the body."""
-
-    row: int
-    identifier: str
-    attributes: dict[str, Any]
 
 
 class Rejection(NamedTuple):
@@ -70,32 +63,78 @@ class NormalizeOptions:
     types: Mapping[str, ColumnType] = field(default_factory=dict)
     empty: EmptyPolicy = "skip"
     update_only: bool = False
+    kind: str = PEOPLE  # the operation each row becomes: a key of operations.KINDS
+    role_columns: Mapping[str, str] = field(default_factory=dict)  # role -> column (--event-column)
+    constants: Mapping[str, str] = field(default_factory=dict)  # role -> value (--event-name)
 
     def __post_init__(self) -> None:
         # Checked here, where the options are built: a bad value must fail before the results
         # file is created, with a message rather than a KeyError deep in a chunk.
-        for column, kind in self.types.items():
-            if kind not in get_args(ColumnType):
+        if self.kind not in KINDS:
+            raise UsageError(f"--kind {self.kind!r}: must be one of {', '.join(KINDS)}")
+        kind = KINDS[self.kind]
+        roles = {role.name: role for role in kind.roles}
+        for name, option in (
+            *((name, _role_option(name, False)) for name in self.role_columns),
+            *((name, _role_option(name, True)) for name in self.constants),
+        ):
+            role = roles.get(name)
+            if role is None or (name in self.constants and role.constant is None):
+                raise UsageError(f"{option} does not apply to --kind {kind.name}")
+            if name in self.constants and name in self.role_columns:
+                raise UsageError(f"{role.option} and {role.constant}: give one or the other")
+        if self.update_only and kind.name != PEOPLE:
+            raise UsageError(f"--update-only applies to --kind people, not {kind.name}")
+        if not kind.person and self.id_column is not None:
+            raise UsageError(
+                f"--id-column does not apply to --kind {kind.name}: its rows name no person"
+            )
+        for column, type_name in self.types.items():
+            if type_name not in get_args(ColumnType):
                 raise UsageError(
-                    f"--type {column}={kind}: the type must be one of"
+                    f"--type {column}={type_name}: the type must be one of"
                     f" {', '.join(get_args(ColumnType))}"
                 )
         if self.empty not in get_args(EmptyPolicy):
             raise UsageError(f"--empty {self.empty!r}: must be skip or clear")
 
 
+def _role_option(name: str, constant: bool) -> str:
+    """The option that sets role `name` (for messages), whichever kind has it."""
+    for kind in KINDS.values():
+        for role in kind.roles:
+            if role.name == name:
+                return (role.constant if constant else None) or role.option
+    return f"role {name!r}"
+
+
 @dataclass(frozen=True)
 class ColumnPlan:
     """The options resolved against the input's columns: which column plays which part."""
 
-    id_column: str
+    id_column: str | None  # None: the kind's rows name no person (objects, merges)
     email_column: str
     date_columns: frozenset[str]
     tz: ZoneInfo | None  # None: naive times are UTC
     options: NormalizeOptions
+    kind: Kind = KINDS[PEOPLE]
+    roles: Mapping[str, str] = field(default_factory=dict)  # column -> the kind's role it plays
 
     def output_name(self, column: str) -> str:
         return self.options.rename.get(column, column)
+
+    def role_source(self, role: str | None) -> str | None:
+        """Where a role's value comes from, for messages: its column, or its option."""
+        if role is None:
+            return None
+        for column, name in self.roles.items():
+            if name == role:
+                return column
+        return next((r.constant for r in self.kind.roles if r.name == role), None)
+
+    @property
+    def value_limit(self) -> int | None:
+        return MAX_VALUE_BYTES if self.kind.attribute_limits else None
 
 
 def plan_columns(options: NormalizeOptions, columns: list[str]) -> ColumnPlan:
@@ -107,7 +146,12 @@ def plan_columns(options: NormalizeOptions, columns: list[str]) -> ColumnPlan:
         if name not in present:
             raise UsageError(f"{option} {name!r}: no such column in the input ({found})")
 
-    if options.id_column is not None:
+    kind = KINDS[options.kind]
+    roles = _plan_roles(kind, options, present, found)
+    id_column: str | None
+    if not kind.person:
+        id_column = None
+    elif options.id_column is not None:
         require(options.id_column, "--id-column")
         id_column = options.id_column
     elif "id" in present:
@@ -132,16 +176,24 @@ def plan_columns(options: NormalizeOptions, columns: list[str]) -> ColumnPlan:
         require(name, "--rename")
     for name in options.exclude:
         require(name, "--exclude")
+    if id_column is not None and id_column in roles:
+        raise UsageError(
+            f"column {id_column!r} cannot be both the identifier and the {roles[id_column]}"
+        )
     dates = set(options.date_columns) | {"created_at"}
+    dates |= {column for column, role in roles.items() if _role(kind, role).date}
     for name in dates & set(options.types):
         raise UsageError(f"column {name!r} is a date column; it cannot also have --type")
 
-    outputs = [options.rename.get(c, c) for c in columns if c not in options.exclude]
+    sent = [c for c in columns if c not in options.exclude and c not in roles]
+    if kind.name != PEOPLE:
+        sent = [c for c in sent if c != id_column] if kind.data else []
+    outputs = [options.rename.get(c, c) for c in sent]
     clashes = sorted({o for o in outputs if outputs.count(o) > 1})
     if clashes:
         raise UsageError(f"after --rename, two columns would be named {clashes[0]!r}")
-    id_output = options.rename.get(id_column, id_column)
-    if "id" in outputs and id_output != "id":
+    id_output = options.rename.get(id_column, id_column) if id_column else None
+    if kind.name == PEOPLE and "id" in outputs and id_output != "id":
         # An `id` attribute that differs from the path identifier makes Customer.io log a
         # failure while still answering 200: never send one unless it is the identifier.
         raise UsageError(
@@ -155,33 +207,82 @@ def plan_columns(options: NormalizeOptions, columns: list[str]) -> ColumnPlan:
             tz = ZoneInfo(options.timezone)
         except (ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a directory
             raise UsageError(f"--timezone {options.timezone!r}: unknown time zone") from None
-    return ColumnPlan(id_column, email_column, frozenset(dates), tz, options)
+    return ColumnPlan(id_column, email_column, frozenset(dates), tz, options, kind, roles)
+
+
+def _role(kind: Kind, name: str) -> Role:
+    return next(role for role in kind.roles if role.name == name)
+
+
+def _plan_roles(
+    kind: Kind, options: NormalizeOptions, present: set[str], found: str
+) -> dict[str, str]:
+    """column -> role, for the roles of `kind` read from a column (not given as a constant)."""
+    roles: dict[str, str] = {}
+    for role in kind.roles:
+        if role.name in options.constants:
+            if role.name in present and role.name not in options.exclude:
+                raise UsageError(
+                    f"{role.constant} {options.constants[role.name]!r}: the input also has a"
+                    f" {role.name!r} column, which would then be sent as data; pass --exclude"
+                    f" {role.name} to use {role.constant}, or leave {role.constant} out to read"
+                    " the column"
+                )
+            continue
+        column = options.role_columns.get(role.name)
+        if column is not None and column not in present:
+            raise UsageError(f"{role.option} {column!r}: no such column in the input ({found})")
+        if column is None:
+            column = role.name
+            if role.required and column not in present:
+                given = f", or {role.constant} VALUE for every row" if role.constant else ""
+                raise UsageError(
+                    f"--kind {kind.name} needs a {role.name}: no column {column!r} in the input;"
+                    f" name one with {role.option} COL{given} ({found})"
+                )
+        # An optional role keeps its default name even when absent here: a JSONL key may first
+        # appear in a later chunk, and must be read as the role there too.
+        if column in roles:
+            raise UsageError(
+                f"column {column!r} cannot be both the {roles[column]} and {role.name}"
+            )
+        roles[column] = role.name
+    return roles
 
 
 def normalize(chunk: Chunk, plan: ColumnPlan) -> list[Record | Rejection]:
     """Every row of `chunk` as a Record or a Rejection, in row order."""
-    frame, opts = chunk.frame, plan.options
+    frame, opts, kind = chunk.frame, plan.options, plan.kind
     n = len(chunk.rows)
     reasons: Objects = np.full(n, None, dtype=object)
     outputs: dict[str, Objects] = {}
+    role_values: dict[str, Objects] = {}
     id_values: Objects = np.full(n, None, dtype=object)
     for column in frame.columns:
+        role = plan.roles.get(column)
+        if role is None and column != plan.id_column and not kind.data:
+            continue  # a deletion sends the identifier alone: other columns are not checked
         s = frame[column]
         missing = _missing(s)
         values, errors = _convert(column, s, missing, plan)
         _first_reason(reasons, errors)
         if column == plan.id_column:
             id_values = values
+            if kind.name != PEOPLE:
+                continue  # it names the person; only people send it as an attribute
+        if role is not None:
+            role_values[role] = values
+            continue
         if column in opts.exclude:
             continue
         name = plan.output_name(column)
         if opts.empty == "clear":
             values[missing] = ""
         sent = cast(Mask, pd.notna(values))
-        if len(name.encode()) > MAX_NAME_BYTES:
+        if kind.attribute_limits and len(name.encode()) > MAX_NAME_BYTES:
             message = f"attribute name {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes"
             _first_reason(reasons, _where(sent, message))
-        if name == "id" and column != plan.id_column:
+        if name == "id" and column != plan.id_column and kind.name == PEOPLE:
             # plan_columns() refuses this up front; a JSONL key first seen later gets here.
             message = (
                 f"{column}: an 'id' attribute would differ from the identifier"
@@ -190,10 +291,12 @@ def normalize(chunk: Chunk, plan: ColumnPlan) -> list[Record | Rejection]:
             _first_reason(reasons, _where(sent, message))
         outputs[name] = values
 
-    ids, id_errors = _identifiers(plan.id_column, id_values)
-    _first_reason(reasons, id_errors)
+    ids: Objects = np.full(n, None, dtype=object)
+    if plan.id_column is not None:
+        ids, id_errors = _identifiers(plan.id_column, id_values)
+        _first_reason(reasons, id_errors)
     extra = 1 if opts.update_only else 0
-    if len(outputs) + extra > MAX_ATTRIBUTES:
+    if kind.attribute_limits and len(outputs) + extra > MAX_ATTRIBUTES:
         counts = sum((pd.notna(v) for v in outputs.values()), np.zeros(n, dtype=np.int64)) + extra
         message = f"more than {MAX_ATTRIBUTES} attributes in one row"
         _first_reason(reasons, _where(counts > MAX_ATTRIBUTES, message))
@@ -201,17 +304,32 @@ def normalize(chunk: Chunk, plan: ColumnPlan) -> list[Record | Rejection]:
     names = list(outputs)
     columns = [outputs[k].tolist() for k in names]
     cells_by_row = zip(*columns, strict=True) if columns else itertools.repeat((), n)
+    role_names = list(role_values)
+    role_cells = [role_values[k].tolist() for k in role_names]
+    roles_by_row = zip(*role_cells, strict=True) if role_cells else itertools.repeat((), n)
     result: list[Record | Rejection] = []
-    for row, reason, identifier, cells in zip(
-        chunk.rows, reasons.tolist(), ids.tolist(), cells_by_row, strict=True
+    for row, reason, identifier, cells, role_row in zip(
+        chunk.rows, reasons.tolist(), ids.tolist(), cells_by_row, roles_by_row, strict=True
     ):
         if reason is not None:
             result.append(Rejection(row, identifier, reason))
             continue
-        attributes = {k: v for k, v in zip(names, cells, strict=True) if v is not None}
-        if opts.update_only:
-            attributes["_update"] = True
-        result.append(Record(row, identifier, attributes))
+        data = {k: v for k, v in zip(names, cells, strict=True) if v is not None}
+        if kind.name == PEOPLE:  # the common case, kept free of the kind's building
+            if opts.update_only:
+                data["_update"] = True
+            result.append(Record(row, identifier, data))
+            continue
+        given = {k: v for k, v in zip(role_names, role_row, strict=True) if v is not None}
+        given.update(opts.constants)
+        try:
+            key, payload = kind.build(identifier, given, data)
+        except Invalid as exc:
+            where = plan.role_source(exc.role)
+            reason = f"{where}: {exc}" if where else str(exc)
+            result.append(Rejection(row, identifier or exc.identifier, reason))
+        else:
+            result.append(Record(row, key, payload, kind.name))
     if chunk.bad_rows:
         result.extend(Rejection(row, None, reason) for row, reason in chunk.bad_rows)
         result.sort(key=lambda item: item.row)
@@ -223,18 +341,19 @@ def normalize(chunk: Chunk, plan: ColumnPlan) -> list[Record | Rejection]:
 # array of what to send (None where nothing is sent) and one of reasons (None where the cell is
 # fine). Reasons name the column and the value, so a person can find and fix the cell.
 
-Converter = Callable[[str, pd.Series, Mask], tuple[Objects, Objects]]
+Converter = Callable[[str, pd.Series, Mask, int | None], tuple[Objects, Objects]]
 
 
 def _convert(column: str, s: pd.Series, missing: Mask, plan: ColumnPlan) -> tuple[Objects, Objects]:
     if column in plan.date_columns:
         return _dates(column, s, missing, plan.tz)
+    limit = plan.value_limit
     if column == plan.email_column:
-        return _emails(column, s, missing)
+        return _emails(column, s, missing, limit)
     kind = plan.options.types.get(column)
     if kind is not None:
-        return _TYPED[kind](column, s, missing)
-    return _text(column, s, missing)
+        return _TYPED[kind](column, s, missing, limit)
+    return _text(column, s, missing, limit)
 
 
 def _missing(s: pd.Series) -> Mask:
@@ -299,19 +418,26 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _text(column: str, s: pd.Series, missing: Mask) -> tuple[Objects, Objects]:
-    """A plain attribute: strings as they are, JSON numbers and booleans as they are."""
+def _text(
+    column: str, s: pd.Series, missing: Mask, limit: int | None = MAX_VALUE_BYTES
+) -> tuple[Objects, Objects]:
+    """A plain attribute: strings as they are, JSON numbers and booleans as they are. `limit`:
+    the most bytes of a value; None for event data, which has no limit per value and may hold
+    JSON objects and arrays (a JSONL event's properties), sent as they are."""
     values = _objects(s, missing)
     is_str, is_number = _kinds(s, values)
     strings = _strings(s, values, is_str)
     bad = np.zeros(len(values), dtype=bool)
     wrong_type = pd.notna(values) & ~is_str & ~is_number
-    if wrong_type.any():
+    if limit is None:
+        wrong_type[:] = False
+    elif wrong_type.any():
         wrong_type &= np.fromiter((type(v) is not bool for v in values), bool, len(values))
     nul = np.zeros(len(values), dtype=bool)
     nul[is_str] = strings.str.contains("\x00", regex=False).to_numpy(dtype=bool)
     long = np.zeros(len(values), dtype=bool)
-    long[is_str] = _over_bytes(strings, MAX_VALUE_BYTES)
+    if limit is not None:
+        long[is_str] = _over_bytes(strings, limit)
     errors: Objects = np.full(len(values), None, dtype=object)
     for mask, message in (
         (
@@ -319,7 +445,7 @@ def _text(column: str, s: pd.Series, missing: Mask) -> tuple[Objects, Objects]:
             f"{column}: a JSON object or array cannot be sent; use a string, number or boolean",
         ),
         (nul, f"{column}: contains a NUL character"),
-        (long, f"{column}: value is longer than {MAX_VALUE_BYTES} bytes"),
+        (long, f"{column}: value is longer than {limit} bytes"),
     ):
         errors[mask & ~bad] = message
         bad |= mask
@@ -371,8 +497,8 @@ def email_problem(address: str) -> str | None:
     return None
 
 
-def _emails(column: str, s: pd.Series, missing: Mask) -> tuple[Objects, Objects]:
-    values, errors = _text(column, s, missing)
+def _emails(column: str, s: pd.Series, missing: Mask, limit: int | None) -> tuple[Objects, Objects]:
+    values, errors = _text(column, s, missing, limit)
     is_str, _ = _kinds(s, values)
     errors[pd.notna(values) & ~is_str & pd.isna(errors)] = f"{column}: an email must be a string"
     idx = np.flatnonzero(is_str)
@@ -517,7 +643,9 @@ def _to_str(v: Any) -> str | None:
 
 
 def _typed_converter(kind: str, convert: Callable[[Any], Any]) -> Converter:
-    def converter(column: str, s: pd.Series, missing: Mask) -> tuple[Objects, Objects]:
+    def converter(
+        column: str, s: pd.Series, missing: Mask, limit: int | None
+    ) -> tuple[Objects, Objects]:
         values = _objects(s, missing)
         present = np.flatnonzero(pd.notna(values))
         out: Objects = np.full(len(values), None, dtype=object)
@@ -529,7 +657,7 @@ def _typed_converter(kind: str, convert: Callable[[Any], Any]) -> Converter:
             else:
                 out[i] = converted
         if kind == "str":
-            _, text_errors = _text(column, pd.Series(out, dtype=object), pd.isna(out))
+            _, text_errors = _text(column, pd.Series(out, dtype=object), pd.isna(out), limit)
             _first_reason(errors, text_errors)
         return out, errors
 

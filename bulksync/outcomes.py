@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from .normalize import Record, Rejection
+from .normalize import Rejection
+from .operations import PEOPLE, Record, state_key
 from .plan import Unchanged
 from .results import ResultsLog, Status, outcome_line
 from .state import StateStore
@@ -26,22 +27,32 @@ class Outcomes:
     checkpoint, so an outcome is on disk as soon as its request is answered."""
 
     def __init__(
-        self, log: ResultsLog, progress: Progress = no_progress, state: StateStore | None = None
+        self,
+        log: ResultsLog,
+        progress: Progress = no_progress,
+        state: StateStore | None = None,
+        op: str = PEOPLE,
     ) -> None:
         self.log = log
         self.progress = progress
         self.state = state
+        self.op = op  # the run's kind, for rows rejected before they became a Record
 
     def invalid(self, rejection: Rejection) -> None:
-        line = outcome_line(rejection.row, rejection.identifier, "invalid", error=rejection.reason)
+        line = outcome_line(
+            rejection.row, rejection.identifier, "invalid", self.op, error=rejection.reason
+        )
         self._write(rejection.row, "invalid", line)
 
     def unchanged(self, item: Unchanged) -> None:
-        self._write(item.row, "unchanged", outcome_line(item.row, item.identifier, "unchanged"))
+        line = outcome_line(item.row, item.identifier, "unchanged", item.op)
+        self._write(item.row, "unchanged", line)
 
     def valid(self, record: Record) -> None:
         """Dry run: the row would be sent, with this payload."""
-        line = outcome_line(record.row, record.identifier, "valid", payload=record.attributes)
+        line = outcome_line(
+            record.row, record.identifier, "valid", record.op, payload=record.payload
+        )
         self._write(record.row, "valid", line)
 
     def ok(self, record: Record, mode: str, http_status: int | None, attempts: int) -> None:
@@ -49,13 +60,14 @@ class Outcomes:
             record.row,
             record.identifier,
             "ok",
+            record.op,
             http_status=http_status,
             attempts=attempts,
             mode=mode,
         )
         self._write(record.row, "ok", line)
-        if self.state is not None:
-            self.state.record_accepted(record.identifier, record.attributes)
+        if self.state is not None and (key := state_key(record)) is not None:
+            self.state.record_accepted(key, record.payload)
 
     def failed(
         self, record: Record, mode: str, http_status: int | None, attempts: int, error: str
@@ -66,10 +78,11 @@ class Outcomes:
             record.row,
             record.identifier,
             "failed",
+            record.op,
             http_status=http_status,
             attempts=attempts,
             error=error,
-            payload=record.attributes,
+            payload=record.payload,
             mode=mode,
         )
         self._write(record.row, "failed", line)

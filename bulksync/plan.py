@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from .normalize import Record, Rejection
+from .normalize import Rejection
+from .operations import KINDS, PEOPLE, Record, state_key
 from .results import ResultsLog
 from .state import StateStore, payload_hash
 
@@ -20,6 +21,7 @@ class Unchanged(NamedTuple):
 
     row: int
     identifier: str
+    op: str = PEOPLE
 
 
 Item = Record | Rejection | Unchanged
@@ -32,18 +34,29 @@ def pending(items: Items, log: ResultsLog) -> list[Item]:
 
 
 def changed(items: Items, store: StateStore) -> Items:
-    """Turn the records whose payload Customer.io already accepted into `Unchanged`."""
-    records = [item for item in items if isinstance(item, Record)]
-    if not records:
+    """Turn the records Customer.io already accepted into `Unchanged`: for most kinds, the same
+    payload accepted for the same key; for events ("once"), the event id accepted at all."""
+    keys = {
+        item.row: key
+        for item in items
+        if isinstance(item, Record) and (key := state_key(item)) is not None
+    }
+    if not keys:
         return items
-    accepted = store.last_hashes(record.identifier for record in records)
+    accepted = store.last_hashes(keys.values())
     if not accepted:
         return items
     return [
-        Unchanged(item.row, item.identifier)
-        if isinstance(item, Record)
-        and item.identifier in accepted  # hash only the rows the state knows
-        and accepted[item.identifier] == payload_hash(item.attributes)
+        Unchanged(item.row, item.identifier, item.op)
+        if isinstance(item, Record) and _accepted(item, accepted.get(keys.get(item.row, "")))
         else item
         for item in items
     ]
+
+
+def _accepted(record: Record, known: bytes | None) -> bool:
+    if not known:  # unknown, or marked in flight by a run that never heard back
+        return False
+    if KINDS[record.op].diff == "once":
+        return True
+    return known == payload_hash(record.payload)  # hash only the rows the state knows

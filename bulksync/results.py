@@ -30,6 +30,7 @@ from typing import Any, BinaryIO, Literal, Self
 import orjson
 
 from .errors import UsageError
+from .operations import PEOPLE
 
 Status = Literal["ok", "failed", "invalid", "unchanged", "valid"]
 STATUSES: tuple[Status, ...] = ("ok", "failed", "invalid", "unchanged", "valid")
@@ -57,6 +58,7 @@ def outcome_line(
     row: int,
     identifier: str | None,
     status: Status,
+    op: str,
     *,
     http_status: int | None = None,
     attempts: int = 0,
@@ -64,11 +66,13 @@ def outcome_line(
     payload: dict[str, Any] | None = None,
     mode: str | None = None,
 ) -> bytes:
-    """One results line. A failed row keeps its `payload`, to be re-sent without the input;
-    a sent row says which `mode` sent it (single: PUT per row, batch: POST /api/v2/batch)."""
+    """One results line. `op` is the row's kind (people, events...); a failed row keeps its
+    `payload`, to be re-sent without the input; a sent row says which `mode` sent it (single:
+    one request per row, batch: POST /api/v2/batch)."""
     line: dict[str, Any] = {
         "row": row,
         "id": identifier,
+        "op": op,
         "status": status,
         "http_status": http_status,
         "attempts": attempts,
@@ -81,20 +85,47 @@ def outcome_line(
     return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
 
+# --- reading a results file: pure functions (no lock, no truncation), for retry and tests ------
+
+
+def read_lines(path: Path) -> Iterator[dict[str, Any]]:
+    """Every outcome line of the results file at `path`, in file order (the header is checked,
+    not returned). A torn last line, left by a crash mid-write, is skipped. Lines written before
+    kinds existed get `"op": "people"`."""
+    with path.open("rb") as f:
+        header = _parse(f.readline(), path, 1)
+        if HEADER_KEY not in header:
+            raise UsageError(f"{path} is not a bulksync results file")
+        for number, raw in enumerate(f, start=2):
+            if not raw.endswith(b"\n"):
+                return
+            line = _parse(raw, path, number)
+            if not isinstance(line.get("row"), int) or line.get("status") not in _CODES:
+                raise UsageError(f"{path}: line {number} is not a results line")
+            line.setdefault("op", PEOPLE)
+            yield line
+
+
+def failed_lines(path: Path) -> list[dict[str, Any]]:
+    """The latest line of every row whose outcome is `failed`, in row order."""
+    failed: dict[int, dict[str, Any]] = {}
+    for line in read_lines(path):
+        if line["status"] == "failed":
+            failed[line["row"]] = line
+        else:
+            failed.pop(line["row"], None)
+    return [failed[row] for row in sorted(failed)]
+
+
 def latest_accepted_rows(path: Path, identifiers: set[str]) -> dict[str, int]:
-    """For each of `identifiers`, the highest row of it whose latest outcome in the results
-    file at `path` is ok or unchanged. A pure reader: no lock, no truncation."""
+    """For each of `identifiers`, the highest row of it whose latest outcome is ok or
+    unchanged."""
     if not identifiers:
         return {}
     latest: dict[int, tuple[str, str]] = {}  # row -> (identifier, status), rows of interest
-    with path.open("rb") as f:
-        f.readline()  # the header
-        for raw in f:
-            if not raw.endswith(b"\n"):
-                break  # torn by a crash mid-write
-            line = orjson.loads(raw)
-            if line.get("id") in identifiers:
-                latest[line["row"]] = (line["id"], line["status"])
+    for line in read_lines(path):
+        if line.get("id") in identifiers:
+            latest[line["row"]] = (line["id"], line["status"])
     rows: dict[str, int] = {}
     for row, (identifier, status) in latest.items():
         if status in ("ok", "unchanged") and row > rows.get(identifier, 0):
@@ -141,12 +172,13 @@ class ResultsLog:
         *,
         fresh: bool = False,
         dry_run: bool = False,
+        op: str = PEOPLE,
     ) -> None:
         self.path = path
+        self.op = op  # the run's --kind: a file of another kind's outcomes is not resumed
         self.counts: Counter[str] = Counter()  # latest status of every row in the file
         self.resumed = 0  # rows that already had an outcome when the file was opened
         self._status = bytearray()
-        self._failed: dict[int, bytes] = {}
         self._lock = _take_lock(path)
         try:
             if not fresh and path.exists() and path.stat().st_size > 0:
@@ -167,6 +199,7 @@ class ResultsLog:
             "size": identity.size if identity else None,
             "sha256": identity.sha256 if identity else None,
             "dry_run": dry_run,
+            "op": self.op,
             "started": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         file.write(orjson.dumps(header, option=orjson.OPT_APPEND_NEWLINE))
@@ -195,27 +228,27 @@ class ResultsLog:
                     f" different content); pass --fresh to start over, or choose another --results"
                     " path"
                 )
+            kind = header.get("op", PEOPLE)  # files from before --kind hold people
+            if identity is not None and kind != self.op:
+                raise UsageError(
+                    f"{self.path} holds the outcomes of a --kind {kind} run, not {self.op};"
+                    " choose another --results path (or pass --fresh to start it over)"
+                )
             good_end = f.tell()
             for number, raw in enumerate(f, start=2):
                 if not raw.endswith(b"\n"):
                     break  # torn by a crash mid-write: that outcome is re-made on resume
-                self._load(_parse(raw, self.path, number), raw)
+                line = _parse(raw, self.path, number)
+                row, status = line.get("row"), line.get("status")
+                if not isinstance(row, int) or status not in _CODES:
+                    raise UsageError(f"{self.path}: unexpected line {raw[:80]!r}")
+                self._set(row, str(status))
                 good_end += len(raw)
         self.resumed = sum(self.counts.values())
         file = _open_private(self.path, 0)
         file.truncate(good_end)
         file.seek(good_end)
         return file
-
-    def _load(self, line: dict[str, Any], raw: bytes) -> None:
-        row, status = line.get("row"), line.get("status")
-        if not isinstance(row, int) or status not in _CODES:
-            raise UsageError(f"{self.path}: unexpected line {raw[:80]!r}")
-        self._set(row, str(status))
-        if status == "failed":
-            self._failed[row] = raw
-        else:
-            self._failed.pop(row, None)
 
     # --- reading and writing ------------------------------------------------------------------
 
@@ -224,16 +257,9 @@ class ResultsLog:
         code = self._status[row] if row < len(self._status) else 0
         return STATUSES[code - 1] if code else None
 
-    def failed(self) -> Iterator[dict[str, Any]]:
-        """The latest line of every row whose outcome is `failed`, in row order."""
-        for row in sorted(self._failed):
-            yield orjson.loads(self._failed[row])
-
     def write(self, row: int, status: Status, line: bytes) -> None:
         self._file.write(line)
         self._set(row, status)
-        if status != "failed":
-            self._failed.pop(row, None)
 
     def flush(self) -> None:
         self._file.flush()
@@ -316,6 +342,7 @@ class Summary:
     rate_limited: int = 0  # requests answered 429 (and sent again, slower)
     resumed: int = 0  # rows that already had an outcome from an earlier run
     interrupted: bool = False
+    op: str = PEOPLE  # the run's --kind (a retry may hold several: people then)
 
     @property
     def rows(self) -> int:
@@ -335,6 +362,7 @@ class Summary:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "op": self.op,
             "rows": self.rows,
             **{status: self.counts.get(status, 0) for status in STATUSES},
             "resumed": self.resumed,

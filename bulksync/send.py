@@ -44,7 +44,8 @@ from typing import Any, NamedTuple
 
 from .batch import DEFAULT_BATCH_SIZE, Batch, pack
 from .errors import AbortError, UsageError
-from .normalize import Record, Rejection
+from .normalize import Rejection
+from .operations import Record, order_keys, state_key
 from .outcomes import Outcomes
 from .plan import Items, Unchanged
 from .policy import AdaptiveRate, Backoff, Breaker
@@ -261,7 +262,8 @@ class Sender:
             return None
         records = [item for item in items if isinstance(item, Record)]
         if self.outcomes.state is not None:
-            self.outcomes.state.mark_sending(record.identifier for record in records)
+            keys = (state_key(record) for record in records)
+            self.outcomes.state.mark_sending(key for key in keys if key is not None)
         if not self.options.batch:
             return items
         jobs: list[Job | Rejection | Unchanged] = [
@@ -289,17 +291,19 @@ class Sender:
         wait, and in a file where people repeat close together each batch would wait for the
         one before it, one round trip at a time."""
         if not isinstance(job, Batch) or not any(
-            record.identifier in self._last_job for record in job.records
+            key in self._last_job for record in job.records for key in order_keys(record)
         ):
             return [job]
-        ready, held = job.split(lambda record: record.identifier not in self._last_job)
+        ready, held = job.split(
+            lambda record: all(key not in self._last_job for key in order_keys(record))
+        )
         return [part for part in (ready, held) if len(part)]
 
     def _claim(self, job: Job) -> _Part:
         """Make `job` the latest job of each of its identifiers; it waits for the previous."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         earlier: dict[asyncio.Future[None], None] = {}
-        for identifier in (record.identifier for record in _records(job)):
+        for identifier in (key for record in _records(job) for key in order_keys(record)):
             previous = self._last_job.get(identifier)
             if previous is not None:
                 earlier[previous] = None
@@ -310,7 +314,7 @@ class Sender:
         if part.done.done():
             return
         part.done.set_result(None)
-        for identifier in (record.identifier for record in _records(part.job)):
+        for identifier in (key for record in _records(part.job) for key in order_keys(record)):
             if self._last_job.get(identifier) is part.done:
                 del self._last_job[identifier]
 
@@ -341,7 +345,7 @@ class Sender:
     async def _request(self, job: Job, on_sent: Callable[[], None] | None) -> Response:
         if isinstance(job, Batch):
             return await self.client.batch(job.body(), on_sent)
-        return await self.client.identify(job.identifier, job.attributes, on_sent)
+        return await self.client.send(job, on_sent)
 
     async def _send(self, job: Job, attempts: int = 0) -> None:
         """Send one job until it is answered for good; write the outcome of each of its rows.

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from types import SimpleNamespace, TracebackType
 from typing import Any, Self
-from urllib.parse import quote
 
 import aiohttp
 import orjson
 from yarl import URL
 
 from .errors import CredentialsError, UsageError
+from .operations import KINDS, Record
 
 REGIONS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
 DEFAULT_TIMEOUT = 10.0  # seconds per request, like the official Python client
@@ -103,11 +103,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def customer_path(identifier: str) -> str:
-    # Exactly the official Python client's encoding: every reserved character, "/" included.
-    return "/api/v1/customers/" + quote(identifier, safe="")
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -247,14 +242,10 @@ class TrackClient:
         except aiohttp.ClientError as exc:
             return Response(Kind.TRANSIENT, None, f"network error: {exc or type(exc).__name__}")
 
-    async def identify(
-        self,
-        identifier: str,
-        attributes: dict[str, Any],
-        on_sent: Callable[[], None] | None = None,
-    ) -> Response:
-        body = orjson.dumps(attributes)
-        return await self.request("PUT", customer_path(identifier), body, on_sent)
+    async def send(self, record: Record, on_sent: Callable[[], None] | None = None) -> Response:
+        """The record's single request (PUT a person, POST an event...: its kind says)."""
+        method, path, body = KINDS[record.op].request(record)
+        return await self.request(method, path, body, on_sent)
 
     async def batch(self, body: bytes, on_sent: Callable[[], None] | None = None) -> Response:
         """POST /api/v2/batch. A 207 is OK for the request: its body lists refused operations."""

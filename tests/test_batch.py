@@ -34,16 +34,10 @@ from bulksync import (
     sync,
 )
 from bulksync.api import retry
-from bulksync.batch import (
-    MAX_OPERATION_BYTES,
-    MAX_REQUEST_BYTES,
-    Batch,
-    identifiers,
-    operation,
-    pack,
-)
+from bulksync.batch import MAX_REQUEST_BYTES, Batch, pack
 from bulksync.cli import main
 from bulksync.fake import Recorded
+from bulksync.operations import MAX_OPERATION_BYTES, identifiers, operation
 
 from .conftest import API_KEY, ROOT, SITE_ID, ServerThread, read_results
 

@@ -82,6 +82,7 @@ def valid(payload: dict[str, Any], row: int, identifier: str | None = None) -> d
     return {
         "row": row,
         "id": identifier if identifier is not None else payload["id"],
+        "op": "people",
         "status": "valid",
         "http_status": None,
         "attempts": 0,
@@ -94,6 +95,7 @@ def invalid(row: int, error: str, identifier: str | None = None) -> dict[str, An
     return {
         "row": row,
         "id": identifier,
+        "op": "people",
         "status": "invalid",
         "http_status": None,
         "attempts": 0,

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from bulksync import normalize as nz
 from bulksync.errors import UsageError
-from bulksync.normalize import NormalizeOptions, Record, Rejection
+from bulksync.normalize import NormalizeOptions, Rejection
+from bulksync.operations import Record
 from bulksync.source import Chunk
 
 Item = Record | Rejection
@@ -74,7 +75,7 @@ def only(items: list[Item]) -> Item:
 
 def payload(item: Item) -> dict[str, Any]:
     assert isinstance(item, Record), item
-    return item.attributes
+    return item.payload
 
 
 def reason(item: Item) -> str:
@@ -127,7 +128,7 @@ def convert_dates(values: Sequence[Any], *, tz: str = "UTC", jsonl: bool = False
             assert item.reason.startswith("created_at: cannot read "), item.reason
             out.append(None)
         else:
-            value = item.attributes["created_at"]
+            value = item.payload["created_at"]
             assert type(value) is int, repr(value)
             out.append(value)
     return out
@@ -705,7 +706,7 @@ def test_at_most_300_attributes() -> None:
     names = [f"c{i}" for i in range(300)]
     full = {"id": ["1", "2"]} | {n: ["v", "v"] for n in names[:299]}
     items = run_csv(full)
-    assert all(isinstance(i, Record) and len(i.attributes) == 300 for i in items)
+    assert all(isinstance(i, Record) and len(i.payload) == 300 for i in items)
     items = run_csv(full, update_only=True)  # _update is the 301st
     assert reason(items[0]) == "more than 300 attributes in one row"
     over = full | {"extra": ["v", ""]}  # 301 columns, but row 2 sends only 300
@@ -806,4 +807,4 @@ def test_plan_accepts_id_with_exclude_or_rename() -> None:
         chunk = csv_chunk({"id": ["1"], "cid": ["c1"]})
         item = only(run(chunk, **options))
         assert isinstance(item, Record) and item.identifier == "c1"
-        assert "id" not in item.attributes
+        assert "id" not in item.payload

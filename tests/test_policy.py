@@ -13,7 +13,7 @@ import pytest
 
 from bulksync import NormalizeOptions, SendOptions, SourceOptions, SyncOptions, UsageError
 from bulksync.batch import MAX_OPEN_BATCHES, Batch, pack
-from bulksync.normalize import Record
+from bulksync.operations import Record
 from bulksync.policy import AdaptiveRate, Breaker
 from bulksync.ratelimit import RateLimiter
 

@@ -239,7 +239,7 @@ def test_day_2_sends_exactly_the_changed_and_new_rows(
     assert len(fake.requests) - before == 1
     assert sent(api_env, before) == Counter()
     assert re.search(r"^  unchanged +1,010$", third.stdout, re.M), third.stdout
-    assert ", 1 requests" in third.stdout.splitlines()[0]
+    assert ", 1 request)" in third.stdout.splitlines()[0]
     assert not re.search(r"^  ok ", third.stdout, re.M)
 
 

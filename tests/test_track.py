@@ -16,6 +16,7 @@ from multidict import CIMultiDict
 from bulksync.api import _check_region
 from bulksync.errors import CredentialsError, UsageError
 from bulksync.fake import peak_in_window
+from bulksync.operations import customer_path
 from bulksync.ratelimit import RateLimiter
 from bulksync.send import SendOptions
 from bulksync.track import (
@@ -23,7 +24,6 @@ from bulksync.track import (
     Credentials,
     Kind,
     classify,
-    customer_path,
     parse_retry_after,
     resolve_base_url,
 )

@@ -9,7 +9,8 @@ import contextlib
 import subprocess
 import sys
 import threading
-from collections.abc import Coroutine, Iterator
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from .server import FakeConfig, FakeTrackAPI, Recorded
@@ -38,6 +39,25 @@ class ServerThread:
 
         async def take() -> tuple[list[Recorded], dict[str, list[dict[str, Any]]]]:
             return list(self.fake.requests), self.fake.accepted()
+
+        return self.call(take())
+
+    def workspace(self) -> dict[str, int]:
+        """FakeTrackAPI.workspace(), taken on the server's loop."""
+        return self._read(self.fake.workspace)
+
+    def person(self, identifier: str) -> dict[str, Any] | None:
+        """FakeTrackAPI.person(identifier), taken on the server's loop."""
+        return self._read(lambda: self.fake.person(identifier))
+
+    def operations(self) -> Counter[str]:
+        """FakeTrackAPI.operations(), taken on the server's loop."""
+        return self._read(self.fake.operations)
+
+    def _read(self, read: Callable[[], T]) -> T:
+        # On the loop, so a handler cannot change the workspace halfway through the read.
+        async def take() -> T:
+            return read()
 
         return self.call(take())
 
@@ -73,3 +93,5 @@ def fake_server_process(
     finally:
         server.terminate()
         server.wait(timeout=10)
+        if server.stdout is not None:
+            server.stdout.close()  # else a ResourceWarning, an error under -W error

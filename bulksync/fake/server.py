@@ -2,14 +2,34 @@
 
 It speaks real HTTP on a loopback socket, so the client under test runs its real aiohttp stack
 (connection pool, timeouts, disconnects) instead of a mock. The behaviour follows the project's
-Track API notes (track-api.md): Basic auth, `GET /api/v1/accounts/region` and
-`PUT /api/v1/customers/{identifier}` with the documented 400 messages.
+Track API notes (track-api.md) and the `--kind` contract (design.md, "Operations: `--kind`"):
+Basic auth, `GET /api/v1/accounts/region`, and every endpoint a kind sends to, each answering
+the documented 400s:
+
+    PUT    /api/v1/customers/{id}             person identify
+    POST   /api/v1/customers/{id}/events      person event (dropped if its `id` was accepted)
+    PUT    /api/v1/customers/{id}/devices     person add_device
+    DELETE /api/v1/customers/{id}             person delete
+    POST   /api/v1/customers/{id}/suppress    person suppress
+    POST   /api/v1/customers/{id}/unsuppress  person unsuppress
+    POST   /api/v1/merge_customers            person merge
+    POST   /api/v2/entity                     one v2 operation (objects, relationships...)
+    POST   /api/v2/batch                      v2 operations: 200, 207 naming the refused, or 400
 
 Every request goes through one pipeline:
 
     record arrival -> _admit (auth, rate limit, faults, latency) -> route handler -> record status
 
-so a new endpoint (e.g. `POST /api/v2/batch`) only needs a handler and a line in `_route`.
+A handler turns the request into a `_Change` (or a refusal) with the parsers of the v2 operation
+table (`_OPERATIONS`) or the v1 route table (`_CUSTOMER_ROUTES`), so a new operation is one
+parser and one table line. Accepted changes are applied to a small in-memory workspace (people,
+devices, events, objects, relationships, deletions, suppressions, merges), so a test can check
+what a run left behind and not only what it sent. The simulator's own routes, not recorded:
+
+    GET /_fake/stats        requests, statuses, peak per second, accepted payloads and operations
+    GET /_fake/accepted     identifier -> attributes accepted by person identify, in order
+    GET /_fake/workspace    what the workspace holds (counts)
+    GET /_fake/people/{id}  one person as the workspace holds them (404 if never named)
 
 Misbehaviour is driven by `FakeConfig`, which tests may change while the server runs
 (`fake.config.fail_503 = 0`). Random faults come from `random.Random(seed)` so a run is
@@ -22,7 +42,9 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import copy
 import random
+import re
 import signal
 import time
 from collections import Counter, deque
@@ -45,9 +67,13 @@ __all__ = [
 
 CUSTOMERS_PREFIX = "/api/v1/customers/"
 REGION_PATH = "/api/v1/accounts/region"
+MERGE_PATH = "/api/v1/merge_customers"
 BATCH_PATH = "/api/v2/batch"
+ENTITY_PATH = "/api/v2/entity"
 STATS_PATH = "/_fake/stats"
 ACCEPTED_PATH = "/_fake/accepted"  # identifier -> every payload accepted for it, in order
+WORKSPACE_PATH = "/_fake/workspace"
+PEOPLE_PREFIX = "/_fake/people/"  # + the percent-encoded identifier, as in a v1 path
 
 # Limits documented by Customer.io for v1 identify (see track-api.md, "Limits").
 MAX_IDENTIFIER_BYTES = 150
@@ -59,7 +85,16 @@ MAX_ATTRIBUTES = 300
 MAX_BATCH_BYTES = 500_000
 MAX_OPERATION_BYTES = 32_000
 IDENTIFIER_KEYS = ("id", "email", "cio_id")
-
+# Limits of the other kinds (design.md, "Operations: `--kind`").
+MAX_EVENT_NAME_BYTES = 100
+MAX_EVENT_DATA_BYTES = 100_000
+PLATFORMS = ("ios", "android")
+# Customer.io drops an event whose `id` it has already accepted; the id is a ULID: 26 Crockford
+# base32 characters (no I, L, O, U), the first at most 7 so that it fits 128 bits.
+EVENT_ID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
+# Reserved identify keys that steer the call rather than describe the person (track-api.md).
+INSTRUCTION_KEYS = ("_update", "_timestamp")
+REJECTED = "rejected by test"
 # aiohttp waits this long for in-flight handlers on stop() before cancelling them. Its default
 # (60 s) would make every test that leaves a slow request behind hang for a minute.
 SHUTDOWN_TIMEOUT = 0.5
@@ -99,6 +134,8 @@ class FakeConfig:
     slow: float = 0.0  # answer normally, but only after slow_seconds
     slow_seconds: float = 30.0
     # Deterministic failures keyed by identifier: a terminal 400, or N transient 503s first.
+    # They apply to every request and v2 operation naming the identifier: a person (in the path
+    # or `identifiers`), a merge's primary or secondary, an object's object_id.
     reject_ids: frozenset[str] = frozenset()
     fail_first: dict[str, int] = field(default_factory=dict)
     # A batch naming any of these identifiers is refused whole (400), as a malformed one is.
@@ -164,50 +201,247 @@ def _batch_error(status: int, field_name: str, message: str) -> web.Response:
     )
 
 
-def _operation_identifier(op: Any) -> str | None:
-    """The person an operation names, written like a v1 path identifier (cio_ids prefixed)."""
-    identifiers = op.get("identifiers") if isinstance(op, dict) else None
-    if not isinstance(identifiers, dict) or len(identifiers) != 1:
-        return None
-    ((key, value),) = identifiers.items()
-    if key not in IDENTIFIER_KEYS or not isinstance(value, str | int) or value == "":
-        return None
-    return f"cio_{value}" if key == "cio_id" else str(value)
-
-
-def _operation_error(op: Any) -> tuple[str, str] | None:
-    """(field, message) for an operation the API would refuse, or None if it is valid."""
-    if not isinstance(op, dict):
-        return "batch", "operation must be a JSON object"
-    if len(orjson.dumps(op)) > MAX_OPERATION_BYTES:
-        return "batch", f"operation is larger than {MAX_OPERATION_BYTES} bytes"
-    if op.get("type") != "person" or op.get("action") != "identify":
-        return "type", "only person identify operations are simulated"
-    if _operation_identifier(op) is None:
-        return "identifiers", "identifiers must hold exactly one of id, email or cio_id"
-    attributes = op.get("attributes", {})
-    if not isinstance(attributes, dict):
-        return "attributes", "attributes must be an object"
-    identifier = _operation_identifier(op) or ""
-    message = _identify_error(identifier, attributes)
-    return ("attributes", message) if message else None
-
-
 def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
-def _identify_error(identifier: str, body: Any) -> str | None:
-    """The 400 message the Track API gives for this identify call, or None if it is valid."""
+# --- the workspace ----------------------------------------------------------------------------
+
+
+class _Workspace:
+    """What the accepted operations left behind: the part of a Customer.io workspace a migration
+    can be checked against. Identifiers are written like v1 path identifiers (cio_ids prefixed)."""
+
+    def __init__(self) -> None:
+        self.people: dict[str, dict[str, Any]] = {}  # identifier -> attributes
+        self.devices: dict[str, dict[str, dict[str, Any]]] = {}  # identifier -> id -> device
+        self.events: dict[str, list[dict[str, Any]]] = {}  # identifier -> events, in order
+        self.event_ids: set[str] = set()  # every event id accepted: Customer.io's dedupe key
+        self.duplicates = 0  # events answered 200 but dropped, their id already accepted
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}  # (type id, id) -> attributes
+        # (person, object_type_id, object_id) -> relationship attributes
+        self.relationships: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.deleted: set[str] = set()
+        self.suppressed: set[str] = set()
+        self.merged: dict[str, str] = {}  # secondary -> primary
+        self.seen: set[str] = set()  # every person an accepted operation named
+        self.operations: Counter[str] = Counter()  # accepted operations per "type action"
+
+    def _profile(self, person: str) -> dict[str, Any]:
+        """The person's attributes, making the profile if there is none. One rule for every
+        operation that adds data about someone (identify, event, device, relationship, merge):
+        it makes the person exist, again if they were deleted."""
+        self.seen.add(person)
+        self.deleted.discard(person)
+        return self.people.setdefault(person, {})
+
+    def _take(
+        self, person: str
+    ) -> tuple[
+        dict[str, Any] | None,
+        dict[str, dict[str, Any]],
+        list[dict[str, Any]],
+        dict[tuple[str, str], dict[str, Any]],
+    ]:
+        """Remove and return everything held about `person`: attributes (None without a
+        profile), devices, events and relationships (keyed by object)."""
+        relationships = {
+            (type_id, object_id): self.relationships.pop((who, type_id, object_id))
+            for who, type_id, object_id in list(self.relationships)
+            if who == person
+        }
+        return (
+            self.people.pop(person, None),
+            self.devices.pop(person, {}),
+            self.events.pop(person, []),
+            relationships,
+        )
+
+    def identify(self, person: str, attributes: dict[str, Any]) -> None:
+        if attributes.get("_update") is True and person not in self.people:
+            return  # `_update: true` only updates: it never creates (nor re-creates) a person
+        values = {k: v for k, v in attributes.items() if k not in INSTRUCTION_KEYS}
+        self._profile(person).update(values)
+
+    def event(self, person: str, event: dict[str, Any]) -> None:
+        event_id = event["id"]
+        if event_id is not None:
+            if event_id in self.event_ids:
+                self.duplicates += 1
+                return
+            self.event_ids.add(event_id)
+        self._profile(person)
+        self.events.setdefault(person, []).append(event)
+
+    def add_device(self, person: str, device: dict[str, Any]) -> None:
+        self._profile(person)
+        # A device sent again replaces the one held: a device row describes the whole device.
+        self.devices.setdefault(person, {})[device["id"]] = device
+
+    def relate(self, person: str, target: tuple[str, str], attributes: dict[str, Any]) -> None:
+        self._profile(person)
+        self.relationships[(person, *target)] = attributes
+
+    def identify_object(self, target: tuple[str, str], attributes: dict[str, Any]) -> None:
+        self.objects.setdefault(target, {}).update(attributes)
+
+    def delete(self, person: str) -> None:
+        self._take(person)
+        self.seen.add(person)
+        self.deleted.add(person)
+
+    def suppress(self, person: str) -> None:
+        # Customer.io also deletes a suppressed person's profile. The simulator only marks them:
+        # simpler, and a test still sees what the person had when they were suppressed.
+        self.seen.add(person)
+        self.suppressed.add(person)
+
+    def unsuppress(self, person: str) -> None:
+        self.seen.add(person)
+        self.suppressed.discard(person)
+
+    def merge(self, primary: str, secondary: str) -> None:
+        self.seen.update((primary, secondary))
+        self.merged[secondary] = primary
+        attributes, devices, events, relationships = self._take(secondary)
+        if attributes is None and not (devices or events or relationships):
+            return  # nothing was known about the secondary: nothing moves
+        target = self._profile(primary)
+        for name, value in (attributes or {}).items():
+            target.setdefault(name, value)  # the primary wins on conflicts
+        if devices:
+            held = self.devices.setdefault(primary, {})
+            for device_id, device in devices.items():
+                held.setdefault(device_id, device)
+        if events:
+            self.events.setdefault(primary, []).extend(events)
+        for (type_id, object_id), relationship in relationships.items():
+            self.relationships.setdefault((primary, type_id, object_id), relationship)
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "people": len(self.people),
+            "objects": len(self.objects),
+            "relationships": len(self.relationships),
+            "devices": sum(len(devices) for devices in self.devices.values()),
+            "events": sum(len(events) for events in self.events.values()),
+            "events_deduplicated": self.duplicates,
+            "deleted": len(self.deleted),
+            "suppressed": len(self.suppressed),
+            "merged": len(self.merged),
+        }
+
+    def person(self, person: str) -> dict[str, Any] | None:
+        if person not in self.seen:
+            return None
+        shown = {
+            "id": person,
+            "attributes": self.people.get(person, {}),
+            "devices": list(self.devices.get(person, {}).values()),
+            "events": self.events.get(person, []),
+            "relationships": [
+                {"object_type_id": type_id, "object_id": object_id, "attributes": attributes}
+                for (who, type_id, object_id), attributes in self.relationships.items()
+                if who == person
+            ],
+            "suppressed": person in self.suppressed,
+            "deleted": person in self.deleted,
+            "merged_into": self.merged.get(person),
+        }
+        return copy.deepcopy(shown)  # the caller may change it; the workspace must not change
+
+
+# --- validation: a request or operation becomes a _Change, or is refused ----------------------
+
+
+class _Refused(Exception):
+    """The API would refuse this request or operation: the field at fault and the 400 message."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field_name
+        self.message = message
+
+
+@dataclass(frozen=True)
+class _Change:
+    """What an accepted request or operation does to the workspace."""
+
+    action: str  # "type action" of the operation (a v1 request's equivalent), e.g. "person event"
+    apply: Callable[[_Workspace], None]
+    # For a person identify, (identifier, attributes): what accepted() reports for v2.
+    identified: tuple[str, dict[str, Any]] | None = None
+
+
+def _identifier_of(identifiers: Any, *, numbers: bool = True) -> str | None:
+    """The person named by a `{"id"|"email"|"cio_id": value}` object, written like a v1 path
+    identifier (cio_ids prefixed), or None if it does not name exactly one person."""
+    if not isinstance(identifiers, dict) or len(identifiers) != 1:
+        return None
+    ((key, value),) = identifiers.items()
+    allowed = (str, int) if numbers else (str,)
+    if key not in IDENTIFIER_KEYS or not isinstance(value, allowed) or value == "":
+        return None
+    return f"cio_{value}" if key == "cio_id" else str(value)
+
+
+def _operation_identifier(op: Any) -> str | None:
+    """The person an operation's `identifiers` names, written like a v1 path identifier."""
+    return _identifier_of(op.get("identifiers")) if isinstance(op, dict) else None
+
+
+def _merge_names(body: Any) -> list[str]:
+    """The primary and secondary a merge names (those that are well formed)."""
     if not isinstance(body, dict):
-        return "request body must be a JSON object"
-    if identifier == "" or body.get("id") == "":
+        return []
+    sides = (_identifier_of(body.get(side), numbers=False) for side in ("primary", "secondary"))
+    return [name for name in sides if name is not None]
+
+
+def _named(op: Any) -> list[str]:
+    """Who an operation names: its person, a merge's primary and secondary, an object's
+    object_id. reject_ids, poison_ids and fail_first apply to these. A relationship names its
+    person only: rejecting an object must not also refuse everyone related to it."""
+    if not isinstance(op, dict):
+        return []
+    if op.get("type") == "object":
+        identifiers = op.get("identifiers")
+        object_id = identifiers.get("object_id") if isinstance(identifiers, dict) else None
+        return [object_id] if isinstance(object_id, str) and object_id else []
+    if op.get("action") == "merge":
+        return _merge_names(op)
+    person = _operation_identifier(op)
+    return [] if person is None else [person]
+
+
+def _request_names(path: str, body: Any) -> set[str]:
+    """Who a request without an identifier in its path names, read from its body."""
+    if path == BATCH_PATH:
+        operations = body.get("batch") if isinstance(body, dict) else None
+        if not isinstance(operations, list):
+            return set()
+        return {name for op in operations for name in _named(op)}
+    if path == ENTITY_PATH:
+        return set(_named(body))
+    if path == MERGE_PATH:
+        return set(_merge_names(body))
+    return set()
+
+
+def _identifier_error(identifier: str) -> str | None:
+    if identifier == "":
         return "id attribute cannot be an empty string"
     if _utf8_len(identifier) > MAX_IDENTIFIER_BYTES:
         return f"identifier cannot be longer than {MAX_IDENTIFIER_BYTES} bytes"
-    if len(body) > MAX_ATTRIBUTES:
+    return None
+
+
+def _attributes_error(attributes: dict[str, Any]) -> str | None:
+    """The 400 message for attributes over the documented limits, or None if they are valid.
+    Applied to people, objects, devices and relationships alike (the client checks them all)."""
+    if len(attributes) > MAX_ATTRIBUTES:
         return f"cannot identify more than {MAX_ATTRIBUTES} attributes in one request"
-    for name, value in body.items():
+    for name, value in attributes.items():
         if _utf8_len(name) > MAX_ATTRIBUTE_NAME_BYTES:
             return f"attribute name cannot be longer than {MAX_ATTRIBUTE_NAME_BYTES} bytes"
         if isinstance(value, dict | list):
@@ -218,13 +452,268 @@ def _identify_error(identifier: str, body: Any) -> str | None:
     return None
 
 
+def _identify_error(identifier: str, body: Any) -> str | None:
+    """The 400 message the Track API gives for this identify call, or None if it is valid."""
+    if not isinstance(body, dict):
+        return "request body must be a JSON object"
+    if body.get("id") == "":
+        return "id attribute cannot be an empty string"
+    return _identifier_error(identifier) or _attributes_error(body)
+
+
+def _check(message: str | None, field_name: str) -> None:
+    if message is not None:
+        raise _Refused(field_name, message)
+
+
+def _object(value: Any, field_name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Refused(field_name, f"{field_name} must be an object")
+    return value
+
+
+def _unix_seconds(value: Any, field_name: str) -> int:
+    if type(value) is not int:  # bool is an int subclass, and not a time
+        raise _Refused(field_name, f"{field_name} must be an integer (Unix seconds)")
+    return value
+
+
+def _body(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise _Refused("body", "request body must be a JSON object")
+    return body
+
+
+def _check_identifier(identifier: str) -> None:
+    _check(_identifier_error(identifier), "identifiers")
+
+
+def _person(op: dict[str, Any]) -> str:
+    """The person a v2 operation's `identifiers` names (checked as a v1 path identifier is)."""
+    person = _operation_identifier(op)
+    if person is None:
+        raise _Refused("identifiers", "identifiers must hold exactly one of id, email or cio_id")
+    _check(_identifier_error(person), "identifiers")
+    return person
+
+
+def _object_target(identifiers: Any, field_name: str) -> tuple[str, str]:
+    """(object_type_id, object_id) of an object's `identifiers`."""
+    if isinstance(identifiers, dict):
+        type_id, object_id = identifiers.get("object_type_id"), identifiers.get("object_id")
+        if isinstance(type_id, str) and type_id and isinstance(object_id, str) and object_id:
+            return type_id, object_id
+    raise _Refused(
+        field_name, "identifiers must hold object_type_id and object_id, non-empty strings"
+    )
+
+
+def _event(fields: dict[str, Any], data_field: str) -> dict[str, Any]:
+    """The event as stored, from a v1 body (data in `data`) or a v2 operation (`attributes`)."""
+    name = fields.get("name")
+    if not isinstance(name, str) or not name:
+        raise _Refused("name", "event name must be a non-empty string")
+    if _utf8_len(name) > MAX_EVENT_NAME_BYTES:
+        raise _Refused("name", f"event name cannot be longer than {MAX_EVENT_NAME_BYTES} bytes")
+    data = _object(fields.get(data_field, {}), data_field)
+    if len(orjson.dumps(data)) > MAX_EVENT_DATA_BYTES:
+        raise _Refused(data_field, f"event data cannot be larger than {MAX_EVENT_DATA_BYTES} bytes")
+    timestamp = _unix_seconds(fields["timestamp"], "timestamp") if "timestamp" in fields else None
+    event_id = fields.get("id")
+    if "id" in fields and not (isinstance(event_id, str) and EVENT_ID.fullmatch(event_id)):
+        raise _Refused("id", "event id must be a ULID (26 characters of Crockford base32)")
+    return {"name": name, "id": event_id, "timestamp": timestamp, "data": data}
+
+
+def _device(value: Any, id_key: str) -> dict[str, Any]:
+    """The device as stored (keyed `id`, as v1 sends it; v2 calls it `token`)."""
+    device = _object(value, "device")
+    device_id = device.get(id_key)
+    if not isinstance(device_id, str) or not device_id:
+        raise _Refused("device", f"device {id_key} must be a non-empty string")
+    if device.get("platform") not in PLATFORMS:
+        raise _Refused("device", "device platform must be ios or android")
+    stored: dict[str, Any] = {"id": device_id, "platform": device["platform"]}
+    if "last_used" in device:
+        stored["last_used"] = _unix_seconds(device["last_used"], "last_used")
+    if "attributes" in device:
+        attributes = _object(device["attributes"], "attributes")
+        _check(_attributes_error(attributes), "attributes")
+        stored["attributes"] = attributes
+    return stored
+
+
+def _merge(body: dict[str, Any]) -> _Change:
+    """A merge, from the v1 body or the v2 operation (both hold `primary` and `secondary`)."""
+    sides = []
+    for side in ("primary", "secondary"):
+        person = _identifier_of(body.get(side), numbers=False)
+        if person is None:
+            raise _Refused(
+                side, f"{side} must hold exactly one of id, email or cio_id, a non-empty string"
+            )
+        _check_identifier(person)
+        sides.append(person)
+    primary, secondary = sides
+    if primary == secondary:
+        # Merged into itself, a person would be removed: refused rather than guessed at.
+        raise _Refused("secondary", "primary and secondary must be different people")
+    return _Change("person merge", lambda ws: ws.merge(primary, secondary))
+
+
+def _identified(person: str, attributes: dict[str, Any]) -> _Change:
+    return _Change(
+        "person identify",
+        lambda ws: ws.identify(person, attributes),
+        identified=(person, attributes),
+    )
+
+
+def _on_person(action: str, person: str, apply: Callable[[_Workspace, str], None]) -> _Change:
+    return _Change(action, lambda ws: apply(ws, person))
+
+
+# v2 operations, by "type action": each parser validates one operation (a JSON object no larger
+# than MAX_OPERATION_BYTES) into the change it makes, or raises _Refused.
+
+_Parser = Callable[[dict[str, Any]], _Change]
+
+
+def _identify_operation(op: dict[str, Any]) -> _Change:
+    person = _person(op)
+    attributes = _object(op.get("attributes", {}), "attributes")
+    _check(_identify_error(person, attributes), "attributes")
+    return _identified(person, attributes)
+
+
+def _event_operation(op: dict[str, Any]) -> _Change:
+    person = _person(op)
+    event = _event(op, "attributes")
+    return _Change("person event", lambda ws: ws.event(person, event))
+
+
+def _add_device_operation(op: dict[str, Any]) -> _Change:
+    person = _person(op)
+    device = _device(op.get("device"), "token")
+    return _Change("person add_device", lambda ws: ws.add_device(person, device))
+
+
+def _add_relationships_operation(op: dict[str, Any]) -> _Change:
+    person = _person(op)
+    relationships = op.get("cio_relationships")
+    if not isinstance(relationships, list) or not relationships:
+        raise _Refused("cio_relationships", "cio_relationships must be a non-empty array")
+    added: list[tuple[tuple[str, str], dict[str, Any]]] = []
+    for item in relationships:
+        relationship = _object(item, "cio_relationships")
+        target = _object_target(relationship.get("identifiers"), "cio_relationships")
+        attributes = _object(
+            relationship.get("relationship_attributes", {}), "relationship_attributes"
+        )
+        _check(_attributes_error(attributes), "relationship_attributes")
+        added.append((target, attributes))
+
+    def apply(ws: _Workspace) -> None:
+        for target, attributes in added:
+            ws.relate(person, target, attributes)
+
+    return _Change("person add_relationships", apply)
+
+
+def _person_only_operation(action: str, apply: Callable[[_Workspace, str], None]) -> _Parser:
+    return lambda op: _on_person(action, _person(op), apply)
+
+
+def _object_identify_operation(op: dict[str, Any]) -> _Change:
+    target = _object_target(op.get("identifiers"), "identifiers")
+    attributes = _object(op.get("attributes", {}), "attributes")
+    _check(_attributes_error(attributes), "attributes")
+    return _Change("object identify", lambda ws: ws.identify_object(target, attributes))
+
+
+_OPERATIONS: dict[str, _Parser] = {
+    "person identify": _identify_operation,
+    "person event": _event_operation,
+    "person add_device": _add_device_operation,
+    "person delete": _person_only_operation("person delete", _Workspace.delete),
+    "person suppress": _person_only_operation("person suppress", _Workspace.suppress),
+    "person unsuppress": _person_only_operation("person unsuppress", _Workspace.unsuppress),
+    "person merge": _merge,  # names no `identifiers`: `primary` and `secondary` instead
+    "person add_relationships": _add_relationships_operation,
+    "object identify": _object_identify_operation,
+}
+OPERATIONS = tuple(_OPERATIONS)  # every "type action" simulated, as /_fake/stats lists them
+
+
+def _parse_operation(op: Any, whole: str) -> _Change:
+    """The change a v2 operation makes, or _Refused. `whole` is the field an error about the
+    operation as a whole names: "batch" in a batch, "body" alone on /api/v2/entity."""
+    if not isinstance(op, dict):
+        raise _Refused(whole, "operation must be a JSON object")
+    if len(orjson.dumps(op)) > MAX_OPERATION_BYTES:
+        raise _Refused(whole, f"operation is larger than {MAX_OPERATION_BYTES} bytes")
+    kind, action = op.get("type"), op.get("action")
+    parse = _OPERATIONS.get(f"{kind} {action}") if isinstance(action, str) else None
+    if parse is None:
+        field_name = "action" if kind in ("person", "object") else "type"
+        raise _Refused(field_name, f"unknown operation: type {kind!r}, action {action!r}")
+    return parse(op)
+
+
+# v1 requests on /api/v1/customers/{id}[/SUB], by (method, SUB or None): each parser validates
+# (path identifier, body) into the change of the equivalent v2 operation, or raises _Refused.
+
+_CustomerParser = Callable[[str, Any], _Change]
+
+
+def _identify_request(person: str, body: Any) -> _Change:
+    _check(_identify_error(person, body), "attributes")
+    return _identified(person, body)
+
+
+def _event_request(person: str, body: Any) -> _Change:
+    _check_identifier(person)
+    event = _event(_body(body), "data")
+    return _Change("person event", lambda ws: ws.event(person, event))
+
+
+def _device_request(person: str, body: Any) -> _Change:
+    _check_identifier(person)
+    device = _device(_body(body).get("device"), "id")
+    return _Change("person add_device", lambda ws: ws.add_device(person, device))
+
+
+def _person_only_request(action: str, apply: Callable[[_Workspace, str], None]) -> _CustomerParser:
+    def parse(person: str, body: Any) -> _Change:
+        # These calls send no body: whatever arrives is ignored.
+        _check_identifier(person)
+        return _on_person(action, person, apply)
+
+    return parse
+
+
+_CUSTOMER_ROUTES: dict[tuple[str, str | None], _CustomerParser] = {
+    ("PUT", None): _identify_request,
+    ("POST", "events"): _event_request,
+    ("PUT", "devices"): _device_request,
+    ("DELETE", None): _person_only_request("person delete", _Workspace.delete),
+    ("POST", "suppress"): _person_only_request("person suppress", _Workspace.suppress),
+    ("POST", "unsuppress"): _person_only_request("person unsuppress", _Workspace.unsuppress),
+}
+
+
+def _is_identify_path(path: str) -> bool:
+    return path.startswith(CUSTOMERS_PREFIX) and "/" not in path.removeprefix(CUSTOMERS_PREFIX)
+
+
 class FakeTrackAPI:
     """The simulator: an aiohttp application plus the records of what it received."""
 
     def __init__(self, config: FakeConfig | None = None) -> None:
         self.config = config if config is not None else FakeConfig()
         self.requests: list[Recorded] = []
-        # (identifier, attributes) of every batch operation accepted, in order.
+        # (identifier, attributes) of every v2 person identify accepted (in a batch or alone on
+        # /api/v2/entity), in order.
         self.batch_accepted: list[tuple[str, dict[str, Any]]] = []
         # One catch-all route: aiohttp's router matches on a decoded path, but identifiers must
         # be decoded exactly once from the raw path (an id "a/b" arrives as "a%2Fb").
@@ -241,6 +730,7 @@ class FakeTrackAPI:
         self._admitted: deque[float] = deque()  # arrival times of requests the limiter let in
         self._seen: Counter[str] = Counter()  # admitted requests per identifier, for fail_first
         self._first: float | None = None  # arrival time of the first request: limit_schedule's 0
+        self._workspace = _Workspace()
 
     @property
     def app(self) -> web.Application:
@@ -299,11 +789,13 @@ class FakeTrackAPI:
     # --- inspection helpers for tests ---------------------------------------------------------
 
     def accepted(self) -> dict[str, list[dict[str, Any]]]:
-        """Identifier -> attributes accepted for it: bodies of the PUTs answered 200, then the
-        accepted batch operations' attributes, each in arrival order."""
+        """Identifier -> attributes accepted for it by person identify: bodies of the identify
+        PUTs answered 200, then the accepted v2 operations' attributes, each in arrival order."""
         out: dict[str, list[dict[str, Any]]] = {}
         for rec in self.requests:
-            if rec.method == "PUT" and rec.status == 200 and rec.identifier is not None:
+            # An identify path only: a PUT of the person's devices is not an identify.
+            if rec.method == "PUT" and rec.status == 200 and _is_identify_path(rec.path):
+                assert rec.identifier is not None  # set for every customer path
                 out.setdefault(rec.identifier, []).append(rec.body)
         for identifier, attributes in self.batch_accepted:
             out.setdefault(identifier, []).append(attributes)
@@ -316,8 +808,30 @@ class FakeTrackAPI:
         """Most requests the client started in any one-second window, refused ones included."""
         return peak_in_window([rec.time for rec in self.requests])
 
+    def workspace(self) -> dict[str, int]:
+        """What the workspace holds: counts of people (profiles), objects, relationships,
+        devices, events, events_deduplicated (answered 200 but dropped: their id was already
+        accepted), deleted, suppressed and merged (secondaries) people."""
+        return self._workspace.summary()
+
+    def person(self, identifier: str) -> dict[str, Any] | None:
+        """One person as the workspace holds them, or None if no accepted operation named them:
+        {"id", "attributes", "devices", "events", "relationships", "suppressed", "deleted",
+        "merged_into"}. A copy: changing it changes nothing here."""
+        return self._workspace.person(identifier)
+
+    def object_attributes(self, object_type_id: str, object_id: str) -> dict[str, Any] | None:
+        """The attributes an object holds (a copy), or None if no object identify named it."""
+        attributes = self._workspace.objects.get((object_type_id, object_id))
+        return None if attributes is None else copy.deepcopy(attributes)
+
+    def operations(self) -> Counter[str]:
+        """Accepted operations per "type action" (a v1 request counts as its v2 equivalent)."""
+        return +self._workspace.operations  # unary plus: a copy, without zero counts
+
     def reset(self) -> None:
-        """Forget the records, and restart the limiter, fail_first counts and random faults."""
+        """Forget the records and the workspace, and restart the limiter, fail_first counts and
+        random faults."""
         self.requests.clear()
         self.batch_accepted.clear()
         self._reset_state()
@@ -333,14 +847,14 @@ class FakeTrackAPI:
             "peak_per_second": self.peak_per_second(),
             "accepted": sum(len(bodies) for bodies in self.accepted().values()),
             "span_seconds": max(times) - min(times) if times else 0.0,
+            "operations": {name: self._workspace.operations[name] for name in OPERATIONS},
         }
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw_path = request.rel_url.raw_path  # keeps %2F and %25 exactly as the client sent them
-        if raw_path == STATS_PATH:  # the simulator's own inspection routes: not recorded
-            return _json(200, self.stats())
-        if raw_path == ACCEPTED_PATH:
-            return _json(200, self.accepted())
+        inspection = self._inspect(raw_path)
+        if inspection is not None:
+            return inspection
         identifier = None
         if raw_path.startswith(CUSTOMERS_PREFIX):
             # Decode exactly once: the client sent quote(id, safe=""), so "%2540" means "%40".
@@ -367,6 +881,20 @@ class FakeTrackAPI:
             return web.Response()
         record.status = response.status
         return response
+
+    def _inspect(self, raw_path: str) -> web.Response | None:
+        """The simulator's own inspection routes, or None. Not recorded: they are not traffic."""
+        if raw_path == STATS_PATH:
+            return _json(200, self.stats())
+        if raw_path == ACCEPTED_PATH:
+            return _json(200, self.accepted())
+        if raw_path == WORKSPACE_PATH:
+            return _json(200, self.workspace())
+        if raw_path.startswith(PEOPLE_PREFIX):
+            # Encoded like a v1 path identifier, and decoded exactly once for the same reason.
+            person = self.person(unquote(raw_path.removeprefix(PEOPLE_PREFIX)))
+            return _error(404, "Not Found") if person is None else _json(200, person)
+        return None
 
     async def _admit(self, request: web.Request, record: Recorded) -> web.Response | None:
         """Auth, rate limit, faults and latency. Returns a refusal, or None to run the route."""
@@ -400,11 +928,11 @@ class FakeTrackAPI:
         raw = await request.read()
         record.size = len(raw)
         record.body = _parse_json(raw)
-        if record.path == BATCH_PATH and record.auth_ok and refusal is None and fault is None:
-            # A batch fails first as long as one of the people it names does.
-            operations = record.body.get("batch") if isinstance(record.body, dict) else None
-            named = {_operation_identifier(op) for op in operations or []} - {None}
-            if self._fails_first(sorted(str(name) for name in named)):
+        if record.auth_ok and refusal is None and fault is None:
+            # A batch, a merge or an entity call fails first as long as one of the people (or
+            # objects) its body names does.
+            named = _request_names(record.path, record.body)
+            if named and self._fails_first(sorted(named)):
                 fault = "fail_first"
                 refusal = _error(503, "Service Unavailable (fail_first)")
         if delay > 0:
@@ -479,15 +1007,45 @@ class FakeTrackAPI:
         return _error(429, "Too Many Requests", headers)
 
     def _route(self, method: str, raw_path: str) -> Handler:
-        if raw_path == REGION_PATH and method == "GET":
-            return self._region
-        is_customer = raw_path.startswith(CUSTOMERS_PREFIX)
-        # A raw "/" after the identifier is a sub-resource (events, suppress...), not identify.
-        if method == "PUT" and is_customer and "/" not in raw_path.removeprefix(CUSTOMERS_PREFIX):
-            return self._identify
-        if method == "POST" and raw_path == BATCH_PATH:
-            return self._batch
-        return self._not_found
+        if raw_path.startswith(CUSTOMERS_PREFIX):
+            # A raw "/" ends the identifier (an id "a/b" arrives as "a%2Fb"); what follows names
+            # a sub-resource: events, devices, suppress...
+            _, slash, sub = raw_path.removeprefix(CUSTOMERS_PREFIX).partition("/")
+            parse = _CUSTOMER_ROUTES.get((method, sub if slash else None))
+            return self._not_found if parse is None else self._customer(parse)
+        routes: dict[tuple[str, str], Handler] = {
+            ("GET", REGION_PATH): self._region,
+            ("POST", MERGE_PATH): self._merge,
+            ("POST", BATCH_PATH): self._batch,
+            ("POST", ENTITY_PATH): self._entity,
+        }
+        return routes.get((method, raw_path), self._not_found)
+
+    def _commit(self, change: _Change) -> None:
+        change.apply(self._workspace)
+        self._workspace.operations[change.action] += 1
+
+    def _answer_v1(self, names: list[str], parse: Callable[[], _Change]) -> web.Response:
+        """A v1 call naming `names`: 400 if one is rejected by the test (checked first, as for
+        identify), 400 with the API's message if invalid, else applied and answered 200."""
+        if not self.config.reject_ids.isdisjoint(names):
+            return _error(400, REJECTED)
+        try:
+            change = parse()
+        except _Refused as refused:
+            return _error(400, refused.message)
+        self._commit(change)
+        return _json(200, {})
+
+    def _accept_operation(self, op: Any, whole: str) -> None:
+        """Validate a v2 operation and apply it, or raise _Refused. reject_ids are checked after
+        validation, so an invalid operation naming a rejected person reports what is wrong."""
+        change = _parse_operation(op, whole)
+        if not self.config.reject_ids.isdisjoint(_named(op)):
+            raise _Refused("identifiers", REJECTED)
+        self._commit(change)
+        if change.identified is not None:
+            self.batch_accepted.append(change.identified)
 
     # --- route handlers -----------------------------------------------------------------------
 
@@ -503,14 +1061,27 @@ class FakeTrackAPI:
             },
         )
 
-    async def _identify(self, request: web.Request, record: Recorded) -> web.Response:
-        identifier = record.identifier
-        assert identifier is not None  # _route only sends customer paths here
-        if identifier in self.config.reject_ids:
-            return _error(400, "rejected by test")
-        message = _identify_error(identifier, record.body)
-        if message is not None:
-            return _error(400, message)
+    def _customer(self, parse: _CustomerParser) -> Handler:
+        """The handler of a /api/v1/customers/{id}[/SUB] route."""
+
+        async def handle(request: web.Request, record: Recorded) -> web.Response:
+            person = record.identifier
+            assert person is not None  # _route only sends customer paths here
+            return self._answer_v1([person], lambda: parse(person, record.body))
+
+        return handle
+
+    async def _merge(self, request: web.Request, record: Recorded) -> web.Response:
+        body = record.body
+        return self._answer_v1(_merge_names(body), lambda: _merge(_body(body)))
+
+    async def _entity(self, request: web.Request, record: Recorded) -> web.Response:
+        """POST /api/v2/entity: one v2 operation as the body; 200 `{}`, or 400 with the v2
+        `errors` list (one entry, no batch_index)."""
+        try:
+            self._accept_operation(record.body, "body")
+        except _Refused as refused:
+            return _batch_error(400, refused.field, refused.message)
         return _json(200, {})
 
     async def _batch(self, request: web.Request, record: Recorded) -> web.Response:
@@ -524,25 +1095,19 @@ class FakeTrackAPI:
         if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
             return _batch_error(400, "batch", "body must be a JSON object with a 'batch' array")
         operations = body["batch"]
-        if any(_operation_identifier(op) in self.config.poison_ids for op in operations):
+        if any(not self.config.poison_ids.isdisjoint(_named(op)) for op in operations):
             return _batch_error(400, "batch", "poisoned operation (test)")
         errors = []
         for index, op in enumerate(operations):
-            problem = _operation_error(op)
-            identifier = _operation_identifier(op)
-            if problem is None and identifier in self.config.reject_ids:
-                problem = ("identifiers", "rejected by test")
-            if problem is None:
-                assert identifier is not None
-                self.batch_accepted.append((identifier, op.get("attributes") or {}))
-            else:
-                field_name, message = problem
+            try:
+                self._accept_operation(op, "batch")
+            except _Refused as refused:
                 errors.append(
                     {
                         "batch_index": index,
                         "reason": "invalid",
-                        "field": field_name,
-                        "message": message,
+                        "field": refused.field,
+                        "message": refused.message,
                     }
                 )
         return _json(207, {"errors": errors}) if errors else _json(200, {})
