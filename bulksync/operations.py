@@ -104,6 +104,8 @@ class Kind:
     idempotent: bool = True  # sending a row twice leaves the workspace as sending it once
     diff: str | None = "payload"  # --state: "payload" skips a payload accepted as is,
     #                                "once" skips a key accepted at all, None: never skips
+    key: Callable[[Record], str] = lambda record: record.identifier  # the state's key
+    touches: Callable[[Record], tuple[str, ...]] = lambda record: (record.identifier,)
     irreversible: bool = False  # needs --yes
     attribute_limits: bool = True  # the person attribute limits apply to the data columns
     last_wins: bool = False  # a later row of an identifier replaces its earlier rows' effect
@@ -113,37 +115,18 @@ class Kind:
         body = orjson.dumps(record.payload) if self.body else None
         return self.method, self.path(record), body
 
-    def state_key(self, record: Record) -> str | None:
-        """The diff state's key for this record (what "already accepted" is about), or None
-        when the diff state does not apply to the kind."""
-        if self.diff is None:
-            return None
-        if self.name == PEOPLE:
-            return record.identifier  # as before kinds existed: existing state files still work
-        if self.name == "events":
-            return f"events:{record.payload['id']}"
-        if self.name == "devices":
-            return f"devices:{record.identifier}\n{record.payload['device']['id']}"
-        if self.name == "relationships":
-            target = record.payload["cio_relationships"][0]["identifiers"]
-            return (
-                f"relationships:{record.identifier}"
-                f"\n{target['object_type_id']}\n{target['object_id']}"
-            )
-        return f"{self.name}:{record.identifier}"
-
 
 def state_key(record: Record) -> str | None:
-    return KINDS[record.op].state_key(record)
+    """The diff state's key for this record (what "already accepted" is about: a person, an
+    event id, a person's device...), or None when the diff state does not apply to its kind."""
+    kind = KINDS[record.op]
+    return kind.key(record) if kind.diff is not None else None
 
 
 def order_keys(record: Record) -> tuple[str, ...]:
-    """Who the record's operation touches, in the sender's per-identifier order: its identifier,
-    and for a merge the secondary too (a later row may name the person it removes)."""
-    if record.op == "merges":
-        ((key, value),) = record.payload["secondary"].items()
-        return record.identifier, f"cio_{value}" if key == "cio_id" else value
-    return (record.identifier,)
+    """Who the record's operation touches, for the sender's per-identifier order: its
+    identifier, and for a merge the secondary too (a later row may name the person it removes)."""
+    return KINDS[record.op].touches(record)
 
 
 # --- identifiers and paths -------------------------------------------------------------------
@@ -334,6 +317,11 @@ def _build_relationships(
     return identifier, _checked_size(payload)
 
 
+def _relationship_key(record: Record) -> str:
+    target = record.payload["cio_relationships"][0]["identifiers"]
+    return f"relationships:{record.identifier}\n{target['object_type_id']}\n{target['object_id']}"
+
+
 def _as_sent(record: Record) -> dict[str, Any]:
     return record.payload  # the payload is the operation itself
 
@@ -378,6 +366,11 @@ def _build_merges(
 
 def _operation_merges(record: Record) -> dict[str, Any]:
     return {"type": "person", "action": "merge", **record.payload}
+
+
+def _merged(record: Record) -> tuple[str, ...]:
+    ((key, value),) = record.payload["secondary"].items()
+    return record.identifier, f"cio_{value}" if key == "cio_id" else value
 
 
 # --- the table -------------------------------------------------------------------------------
@@ -439,8 +432,9 @@ KINDS: dict[str, Kind] = {
                     required=False,
                 ),
             ),
-            idempotent=False,  # made so by the event id: Customer.io drops a repeated id
+            idempotent=True,  # by its id: Customer.io drops an event whose id it has seen
             diff="once",
+            key=lambda record: f"events:{record.payload['id']}",
             attribute_limits=False,  # event data has its own limit: 100,000 bytes in all
         ),
         Kind(
@@ -471,6 +465,7 @@ KINDS: dict[str, Kind] = {
                     date=True,
                 ),
             ),
+            key=lambda record: f"devices:{record.identifier}\n{record.payload['device']['id']}",
         ),
         Kind(
             "objects",
@@ -482,6 +477,7 @@ KINDS: dict[str, Kind] = {
             _as_sent,
             roles=_OBJECT_ROLES,
             person=False,
+            key=lambda record: f"objects:{record.identifier}",
             last_wins=True,
         ),
         Kind(
@@ -493,6 +489,7 @@ KINDS: dict[str, Kind] = {
             _build_relationships,
             _as_sent,
             roles=_OBJECT_ROLES,
+            key=_relationship_key,
         ),
         Kind(
             "deletions",
@@ -558,6 +555,7 @@ KINDS: dict[str, Kind] = {
             data=False,
             idempotent=False,  # once merged, the secondary is gone: a repeat is refused
             diff=None,
+            touches=_merged,
             irreversible=True,
         ),
     )

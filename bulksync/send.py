@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 from .batch import DEFAULT_BATCH_SIZE, Batch, pack
 from .errors import AbortError, UsageError
 from .normalize import Rejection
-from .operations import Record, order_keys, state_key
+from .operations import KINDS, Record, order_keys, state_key
 from .outcomes import Outcomes
 from .plan import Items, Unchanged
 from .policy import AdaptiveRate, Backoff, Breaker
@@ -387,8 +387,12 @@ class Sender:
                     for half in job.halves():
                         await self._send(half, attempts)
                     return
+                error = response.error or "refused"
+                if tries and not all(KINDS[record.op].idempotent for record in records):
+                    # A merge refused after a timeout or a 5xx may be refused because the
+                    # earlier attempt did merge: say so, rather than let it pass for a refusal.
+                    error += " (an earlier attempt got no clear answer and may have been applied)"
                 for record in records:
-                    error = response.error or "refused"
                     self.outcomes.failed(record, mode, response.status, attempts, error)
                 self.outcomes.flush()
                 return

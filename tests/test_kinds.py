@@ -21,7 +21,7 @@ from click.testing import CliRunner, Result
 from bulksync.batch import pack
 from bulksync.cli import main
 from bulksync.fake import Recorded
-from bulksync.operations import Record
+from bulksync.operations import KINDS, Record
 from bulksync.results import read_lines
 
 from .conftest import ServerThread, read_results
@@ -715,3 +715,70 @@ def test_yes_counts_only_rows_not_yet_done_and_a_finished_run_needs_none(
     again = invoke(*args)  # every row has its outcome: nothing to send, nothing to confirm
     assert again.exit_code == 0, again.output
     assert sent(api_env) == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "header", "rows", "changed"),
+    [
+        (
+            "objects",
+            "object_type_id,object_id,plan",
+            ["1,a,pro", "1,b,free", "2,a,pro"],
+            "2,a,team",
+        ),
+        (
+            "devices",
+            "id,device_id,platform",
+            ["c1,t1,ios", "c1,t2,ios", "c2,t1,ios"],
+            "c1,t2,android",
+        ),
+        (
+            "relationships",
+            "id,object_type_id,object_id,role",
+            ["c1,1,a,admin", "c1,1,b,member", "c2,1,a,member"],
+            "c1,1,b,owner",
+        ),
+    ],
+)
+def test_state_skips_what_was_accepted_for_the_same_target(
+    kind: str, header: str, rows: list[str], changed: str, api_env: ServerThread, tmp_path: Path
+) -> None:
+    """The state's key is the whole target (object type and id; person and device; person and
+    object), so rows sharing a person or an id are not taken for one another."""
+    source = tmp_path / "in.csv"
+    state = tmp_path / "state.db"
+    args = ("sync", source, "--kind", kind, "--state", state, "--rate", "0", "--fresh", "--json")
+    source.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    assert invoke(*args).exit_code == 0
+    assert len(sent(api_env)) == 3
+    api_env.reset()
+    source.write_text("\n".join([header, rows[0], changed, rows[2]]) + "\n", encoding="utf-8")
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    summary = orjson.loads(again.output.strip().splitlines()[-1])
+    assert (summary["ok"], summary["unchanged"]) == (1, 2)
+    (rec,) = sent(api_env)
+    line = {line["row"]: line for line in read_results(Path(f"{source}.results.jsonl"))}
+    assert line[2]["status"] == "ok" and line[1]["status"] == line[3]["status"] == "unchanged"
+    assert changed.split(",")[-1] in orjson.dumps(rec.body).decode()
+
+
+def test_each_kinds_action_names_the_operation_it_builds() -> None:
+    """The table's "type action" is what the operation says (and what the simulator counts)."""
+    for case in CASES:
+        kind = KINDS[case.kind]
+        assert f"{case.operation['type']} {case.operation['action']}" == kind.action
+
+
+def test_a_merge_refused_after_an_unclear_attempt_says_it_may_have_been_applied(
+    api_env: ServerThread, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("primary,secondary\nc1,c2\n", encoding="utf-8")
+    api_env.fake.config.fail_first = {"c1": 1}  # a 503 first: did the merge happen?
+    api_env.fake.config.reject_ids = frozenset({"c2"})  # then a 400, as if c2 were gone
+    result = invoke("sync", source, "--kind", "merges", "--yes", "--rate", "0")
+    assert result.exit_code == 1, result.output
+    (line,) = read_results(Path(f"{source}.results.jsonl"))
+    assert line["status"] == "failed" and line["attempts"] == 2
+    assert "may have been applied" in line["error"]
