@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import gzip
 import hashlib
 import json
 import os
@@ -801,6 +802,195 @@ def bench_adaptive(quick: bool) -> list[str]:
     return blocks
 
 
+# --- memory: bounded by bytes, not by columns ----------------------------------------------
+
+MEMORY_RATIO_TARGET = 1.5  # peak RSS of a 300-column file over a 10-column file of the same size
+BOMB_RSS_TARGET_MIB = 600  # peak RSS refusing 1 GiB of zeros, gzipped
+_WIDE_POOL = 97  # distinct values per column; cell (i, j) is pool[j][(i * 7 + j) % 97]
+
+
+def wide_file(columns: int, megabytes: int) -> Path:
+    """bench/data/wide-COLUMNScols-MBmb.csv: `columns` columns (id, email, then properties of
+    mixed shapes: integers, decimals, words, booleans, dates, empty cells), rows until the file
+    holds `megabytes` MB. The cells follow one distribution whatever `columns`, so two such files
+    of the same size hold about the same number of cells and bytes: only their shape differs."""
+    DATA.mkdir(exist_ok=True)
+    path = DATA / f"wide-{columns}cols-{megabytes}mb.csv"
+    size = megabytes * 1_000_000
+    if path.exists() and size <= path.stat().st_size < size + 100_000:
+        return path
+    print(f"generating {path.relative_to(ROOT)} ...", file=sys.stderr, flush=True)
+    words = ["free", "pro", "team", "enterprise", "Lisbon", "Lagos", "Osaka", "Zürich", "yes"]
+    pools: list[list[str]] = []
+    for j in range(columns - 2):
+        shape = j % 6
+        pool = []
+        for k in range(_WIDE_POOL):
+            n = (k * 7919 + j * 104_729) % 1_000_003
+            pool.append(
+                [
+                    str(n),
+                    f"{n / 97:.2f}",
+                    words[n % len(words)] + str(n % 100),
+                    "true" if n % 2 else "false",
+                    f"20{n % 25:02d}-{n % 12 + 1:02d}-{n % 28 + 1:02d}",
+                    "" if n % 3 else f"note {n % 1000}",
+                ][shape]
+            )
+        pools.append(pool)
+    header = ["id", "email", *(f"prop_{j:03d}" for j in range(columns - 2))]
+    tmp = path.with_name(f".{path.stem}.tmp.csv")
+    written, first = 0, 1
+    with tmp.open("wb") as f:
+        f.write((",".join(header) + "\n").encode())
+        while written < size:
+            block = []
+            for i in range(first, first + 1000):
+                cells = [pool[(i * 7 + j) % _WIDE_POOL] for j, pool in enumerate(pools)]
+                block.append(f"cust-{i},user{i}@example.com," + ",".join(cells) + "\n")
+            data = "".join(block).encode()
+            f.write(data)
+            written += len(data)
+            first += 1000
+    tmp.replace(path)
+    return path
+
+
+def zeros_gz(gib: int = 1) -> Path:
+    """bench/data/zeros-GIBgib.csv.gz: `gib` GiB of NUL bytes, gzipped at level 9 while
+    streaming (about 1 MB per GiB): one 'line' a billion characters long."""
+    DATA.mkdir(exist_ok=True)
+    path = DATA / f"zeros-{gib}gib.csv.gz"
+    if path.exists():
+        return path
+    print(f"generating {path.relative_to(ROOT)} ...", file=sys.stderr, flush=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    block = bytes(1 << 20)
+    with gzip.open(tmp, "wb", compresslevel=9) as f:
+        for _ in range(gib * 1024):
+            f.write(block)
+    tmp.replace(path)
+    return path
+
+
+def _measure_stderr(argv: Sequence[str], env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """As measure(), whatever the exit code: {"wall", "rc", "maxrss_kib", "stderr"}."""
+    out = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, *argv],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, **env} if env is not None else None,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def bench_memory(quick: bool) -> list[str]:
+    """Peak RSS of a 300-column CSV over a 10-column CSV of the same byte size, in a dry run, a
+    single-row send and a batch send (goal <= 1.5x each); a 1 GiB-of-zeros .gz refused with exit
+    2, one line, peak RSS <= 600 MB."""
+    megabytes = 20 if quick else 150
+    narrow, wide = wide_file(10, megabytes), wide_file(300, megabytes)
+    bomb = zeros_gz(1)
+    files = {10: narrow, 300: wide}
+    rows = {c: _data_rows(p) for c, p in files.items()}
+    # Sending every row of the 10-column file one request at a time would take minutes: the
+    # sends read the same number of rows of each file as a dry run shows to be steady state,
+    # at least three default chunks (60,000 rows) of the 10-column file, and every row of the
+    # 300-column one (in the old reader, 20,000 rows of 300 columns made a chunk).
+    limits: dict[str, dict[int, int | None]] = {
+        "dry run": {10: None, 300: None},
+        "single (--rate 0)": {10: min(rows[10], 60_000), 300: min(rows[300], 60_000)},
+        "batch (--rate 0)": {10: min(rows[10], 300_000), 300: None},
+    }
+    table_rows: list[list[object]] = []
+    ratios: list[list[object]] = []
+    env = {"CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY}
+    with tempfile.TemporaryDirectory(prefix="bulksync-bench-") as tmp, simulator() as url:
+        env["BULKSYNC_BASE_URL"] = url
+        results = Path(tmp) / "results.jsonl"
+        for mode, limit_of in limits.items():
+            peaks: dict[int, float] = {}
+            for columns, path in files.items():
+                argv = [sys.executable, "-m", "bulksync", "sync", str(path), "--quiet"]
+                argv += ["--results", str(results), "--fresh"]
+                if mode == "dry run":
+                    argv.append("--dry-run")
+                else:
+                    argv += ["--rate", "0"] + (["--batch"] if mode.startswith("batch") else [])
+                limit = limit_of[columns]
+                if limit is not None:
+                    argv += ["--limit", str(limit)]
+                print(f"memory: {mode}, {columns} columns ...", file=sys.stderr, flush=True)
+                run = measure(argv, env=env)
+                done = limit or rows[columns]
+                written = results.read_bytes().count(b"\n") - 1  # less the header line
+                if written != done:
+                    raise BenchError(f"{mode}, {columns} columns: {written:,} of {done:,} rows")
+                results.unlink()
+                peaks[columns] = run.peak_rss_mib
+                table_rows.append(
+                    [
+                        mode,
+                        columns,
+                        done,
+                        done * path.stat().st_size // rows[columns] / 1e6,
+                        run.wall,
+                        run.peak_rss_mib,
+                    ]
+                )
+            ratio = peaks[300] / peaks[10]
+            verdict = "met" if ratio <= MEMORY_RATIO_TARGET else "NOT met"
+            ratios.append([mode, f"{ratio:.2f}x", f"<= {MEMORY_RATIO_TARGET}x", verdict])
+
+        print("memory: 1 GiB of zeros, gzipped ...", file=sys.stderr, flush=True)
+        argv = [sys.executable, "-m", "bulksync", "sync", str(bomb), "--dry-run", "--quiet"]
+        got = _measure_stderr([*argv, "--results", str(results)], env=env)
+    bomb_mib = got["maxrss_kib"] / 1024
+    stderr_lines = got["stderr"].strip().splitlines()
+    bomb_ok = got["rc"] == 2 and len(stderr_lines) == 1 and bomb_mib <= BOMB_RSS_TARGET_MIB
+    blocks = [
+        "## memory\n\nPeak RSS (ru_maxrss of a fresh `python -m bulksync sync FILE --quiet`"
+        f" process) for two generated CSV files of {megabytes} MB each, one of 10 columns"
+        f" ({rows[10]:,} rows) and one of 300 ({rows[300]:,} rows), their cells drawn from one"
+        " distribution (bench/data/wide-*.csv). Sends go to the simulator, in its own process,"
+        " with --rate 0. A send of every 10-column row one request at a time would take minutes:"
+        " the sends read at most 60,000 rows (single) or 300,000 (batch) of the 10-column file,"
+        " enough chunks for memory to be steady (the dry run reads both files whole); a partial"
+        " read can only understate the 10-column figure, so the ratio errs on the high side.",
+        table(["mode", "columns", "rows", "MB read", "wall s", "peak RSS MiB"], table_rows),
+        table(["mode", "RSS 300 columns / RSS 10 columns", "goal", "verdict"], ratios),
+        f"### 1 GiB of zeros, gzipped ({bomb.stat().st_size:,} bytes)",
+        table(
+            [
+                "exit code (goal 2)",
+                "stderr lines (goal 1)",
+                "wall s",
+                "peak RSS MiB",
+                f"goal <= {BOMB_RSS_TARGET_MIB}",
+                "verdict",
+            ],
+            [
+                [
+                    got["rc"],
+                    len(stderr_lines),
+                    got["wall"],
+                    bomb_mib,
+                    "",
+                    "met" if bomb_ok else "NOT met",
+                ]
+            ],
+        ),
+        "stderr: `"
+        + (stderr_lines[0] if stderr_lines else "")
+        + "`"
+        + (f" (and {len(stderr_lines) - 1} more lines)" if len(stderr_lines) > 1 else ""),
+    ]
+    return blocks
+
+
 SECTIONS: dict[str, Callable[[bool], list[str]]] = {
     "dryrun": bench_dryrun,
     "send": bench_send,
@@ -808,6 +998,7 @@ SECTIONS: dict[str, Callable[[bool], list[str]]] = {
     "state": bench_state,
     "adaptive": bench_adaptive,
     "kinds": bench_kinds,
+    "memory": bench_memory,
 }
 
 

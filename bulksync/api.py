@@ -19,7 +19,7 @@ from .errors import UsageError
 from .normalize import ColumnPlan, NormalizeOptions, normalize, plan_columns
 from .operations import KINDS, PEOPLE, Kind, Record
 from .outcomes import Outcomes, Progress, no_progress
-from .plan import Items, Unchanged, changed, pending
+from .plan import Items, Repeats, Unchanged, changed, last_rows, pending, superseded
 from .policy import check_credentials
 from .ratelimit import BATCH_MARGIN, DEFAULT_MARGIN, RateLimiter
 from .results import (
@@ -111,12 +111,20 @@ def sync(
             ) as log,
             _state(options, input_path) as store,
         ):
+            repeats = Repeats()
             items: Iterator[Items] = (
-                normalize(chunk, column_plan) for chunk in itertools.chain([first], chunks)
+                repeats.observe(normalize(chunk, column_plan))
+                for chunk in itertools.chain([first], chunks)
             )
             if log.resumed:
                 items = (pending(batch, log) for batch in items)
             if store is not None and not options.full:
+                if kind.last_wins and input_path != "-":
+                    # Only a person's last row counts: find who repeats, reading ahead once.
+                    # (Standard input cannot be read twice: there, each repeat is compared
+                    # with the row before it, which ends right but sends every version.)
+                    last = _last_rows(input_path, options, column_plan)
+                    items = (superseded(batch, last) for batch in items)
                 items = (changed(batch, store) for batch in items)
             outcomes = Outcomes(log, progress or no_progress, store, kind.name)
             sent = _Sent()
@@ -135,6 +143,9 @@ def sync(
         resumed=log.resumed,
         interrupted=sent.interrupted,
         op=kind.name,
+        repeated_rows=repeats.rows,
+        repeated_identifiers=repeats.identifiers,
+        repeated_examples=repeats.examples,
     )
 
 
@@ -225,6 +236,11 @@ def _irreversible(kind: Kind, count: int, command: str) -> str:
     )
 
 
+def _last_rows(input_path: str, options: SyncOptions, column_plan: ColumnPlan) -> dict[int, int]:
+    with contextlib.closing(read_chunks(input_path, options.source)) as chunks:
+        return last_rows(normalize(chunk, column_plan) for chunk in chunks)
+
+
 def _require_yes(chunks: Iterator[Chunk], column_plan: ColumnPlan, done: set[int]) -> None:
     """Refuse an irreversible kind without --yes, saying how many rows it would send (rows
     that already have an outcome in the results file are not sent again)."""
@@ -295,7 +311,9 @@ async def _send(
     async with TrackClient(
         base_url, credentials, timeout=send.timeout, connections=send.workers
     ) as client:
-        account, checks = await check_credentials(client, limiter, send.max_retries, send.backoff)
+        account, checks = await check_credentials(
+            client, limiter, send.max_retries, send.backoff, send.max_wait
+        )
         _check_region(account.body, send)
         sender = Sender(client, outcomes, send, limiter=limiter, stop=stop, grace=options.grace)
         await sender.run(items)
@@ -323,7 +341,9 @@ def check(options: SendOptions | None = None, credentials: Credentials | None = 
 
     async def run() -> Any:
         async with TrackClient(base_url, credentials, timeout=options.timeout) as client:
-            account, _ = await check_credentials(client, None, options.max_retries, options.backoff)
+            account, _ = await check_credentials(
+                client, None, options.max_retries, options.backoff, options.max_wait
+            )
             return account.body
 
     return asyncio.run(run())

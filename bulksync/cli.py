@@ -22,6 +22,7 @@ from .console import ProgressBar, estimate_rows, setup_logging, summary_lines
 from .errors import BulksyncError
 from .normalize import ColumnType, EmptyPolicy, NormalizeOptions
 from .operations import KINDS, PEOPLE, PLATFORMS
+from .policy import DEFAULT_MAX_WAIT
 from .results import Summary
 from .send import SendOptions, StopHandle
 from .source import DEFAULT_CHUNK_SIZE, Format, SourceOptions, input_name
@@ -34,6 +35,12 @@ def _pairs(option: str, values: tuple[str, ...]) -> dict[str, str]:
         old, sep, new = value.partition("=")
         if not sep or not old or not new:
             raise click.BadParameter(f"{value!r} is not of the form NAME=VALUE", param_hint=option)
+        if "=" in new:
+            # "A=a,B=b" would otherwise rename A to a column called "a,B=b".
+            raise click.BadParameter(
+                f"{value!r}: one NAME=VALUE per option; repeat {option} for each column",
+                param_hint=option,
+            )
         pairs[old] = new
     return pairs
 
@@ -112,6 +119,14 @@ def send_options(command: F) -> F:
                 show_default=True,
                 help="Retries of a transient failure (5xx, timeout, network) before the row"
                 " fails. 429s (rate limited) are retried, slower, without counting.",
+            ),
+            click.option(
+                "--max-wait",
+                type=click.FloatRange(min=0),
+                default=DEFAULT_MAX_WAIT,
+                show_default=True,
+                help="Longest wait honoured when the API asks for one (Retry-After, seconds);"
+                " a longer one stops the run (exit 3), saying when to run it again.",
             ),
             click.option(
                 "--batch",
@@ -244,11 +259,22 @@ def main() -> None:
     "fmt",
     type=click.Choice(["csv", "jsonl"]),
     help="Input format. Default: from the extension (.csv .tsv .jsonl .ndjson, each optionally"
-    " .gz); for stdin, JSONL if the first character is '{', else CSV.",
+    " .gz); for stdin, JSONL if the first character is '{', else CSV. Workbooks (.xlsx .xls"
+    " .ods), zip archives and Parquet files are recognised by their content, and refused with"
+    " what to do instead.",
 )
-@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the input.")
 @click.option(
-    "--delimiter", help="CSV field delimiter, e.g. ';' or 'tab'. Default: ',' (tab for .tsv)."
+    "--encoding",
+    default="utf-8",
+    show_default=True,
+    help="Text encoding of the input, e.g. cp1252 or latin-1. A byte-order mark at the start"
+    " (UTF-8, UTF-16, UTF-32) decides instead, with a warning.",
+)
+@click.option(
+    "--delimiter",
+    help="CSV field delimiter, e.g. ';' or 'tab'. Default: what an Excel 'sep=X' first line"
+    " says, tab for .tsv, else ','; when ',' reads the header as one column holding ';', tab or"
+    " '|', that one (with a warning).",
 )
 @click.option(
     "--id-column",
@@ -338,6 +364,7 @@ def sync_command(
     rate: float,
     concurrency: int | None,
     max_retries: int,
+    max_wait: float,
     batch: bool,
     batch_size: int,
     state: Path | None,
@@ -385,7 +412,7 @@ def sync_command(
             constants=_given(roles, constants=True),
         ),
         send=_send_options(
-            rate, concurrency, max_retries, timeout, region, base_url, batch, batch_size
+            rate, concurrency, max_retries, timeout, region, base_url, batch, batch_size, max_wait
         ),
         results=results,
         dry_run=dry_run,
@@ -427,6 +454,7 @@ def retry_command(
     rate: float,
     concurrency: int | None,
     max_retries: int,
+    max_wait: float,
     batch: bool,
     batch_size: int,
     state: Path | None,
@@ -445,7 +473,7 @@ def retry_command(
     """
     options = SyncOptions(
         send=_send_options(
-            rate, concurrency, max_retries, timeout, region, base_url, batch, batch_size
+            rate, concurrency, max_retries, timeout, region, base_url, batch, batch_size, max_wait
         ),
         grace=grace,
         state=state,
@@ -483,6 +511,7 @@ def _send_options(
     base_url: str | None,
     batch: bool,
     batch_size: int,
+    max_wait: float,
 ) -> SendOptions:
     return SendOptions(
         rate=rate or None,
@@ -493,6 +522,7 @@ def _send_options(
         base_url=base_url,
         batch=batch,
         batch_size=batch_size,
+        max_wait=max_wait,
     )
 
 
@@ -598,6 +628,136 @@ def state_forget_command(path: Path, identifiers: tuple[str, ...]) -> None:
     except BulksyncError as exc:
         _fail(exc)
     click.echo(f"forgot {known} of {len(identifiers)} identifiers")
+
+
+@main.command("report")
+@click.argument("results_path", metavar="RESULTS", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def report_command(results_path: Path, as_json: bool) -> None:
+    """Summarize a results file: counts, grouped reasons, what to do next.
+
+    Prints the rows per status (and per --kind when RESULTS holds several), the reasons rows
+    are invalid or failed, grouped (the row's own value taken out) with example rows, the
+    requests made, the rate when it can be told, and what to do next (retry, rejects, resume).
+
+    Each row counts once, as its latest outcome. Exit 0 when the report is printed, whatever
+    the rows' outcomes; 2 when RESULTS is missing or not a results file.
+    """
+    from .report import build_report, report_dict, report_lines
+
+    try:
+        report = build_report(results_path)
+    except BulksyncError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(orjson.dumps(report_dict(report)).decode())
+    else:
+        click.echo("\n".join(report_lines(report)))
+
+
+@main.command("rejects")
+@click.argument("results_path", metavar="RESULTS", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File to write (.csv or .tsv for a CSV input, .jsonl for a JSONL one). Default: RESULTS"
+    " with .jsonl replaced by .rejects.csv (.rejects.jsonl).",
+)
+@click.option(
+    "--input",
+    "input_path",
+    metavar="PATH",
+    help="The input the results are of. Default: the path the results file names (relative to"
+    " where bulksync ran). Needed when the run read standard input.",
+)
+@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "jsonl"]),
+    help="Input format, as given to sync. Default: from the input's extension.",
+)
+@click.option(
+    "--encoding", default="utf-8", show_default=True, help="Input encoding, as given to sync."
+)
+@click.option("--delimiter", help="Input CSV delimiter, as given to sync.")
+def rejects_command(
+    results_path: Path,
+    output: Path | None,
+    input_path: str | None,
+    force: bool,
+    fmt: Format | None,
+    encoding: str,
+    delimiter: str | None,
+) -> None:
+    """Write the invalid and failed rows to a file to fix, then sync.
+
+    The rows whose latest outcome in RESULTS is invalid or failed, with their original cells
+    read back from the input, after three columns: bulksync_row, bulksync_line (where the row
+    starts in the input) and bulksync_error (why). Fix the cells in a spreadsheet, then send
+    the file with the command printed:
+
+    bulksync sync FIX.csv --exclude bulksync_row --exclude bulksync_line --exclude
+    bulksync_error (and the first run's column options: --id-column, --rename, --type...)
+
+    The input must be unchanged since the run (its size and SHA-256 are checked against the
+    results header); a dry run's results have no fingerprint, and rows are then matched by
+    number. A JSONL input gives a JSONL file. The file holds personal data: it is created with
+    mode 0600.
+    """
+    from .rejects import write_rejects
+
+    source = SourceOptions(format=fmt, encoding=encoding, delimiter=_delimiter(delimiter))
+    try:
+        written = write_rejects(
+            results_path, output, input_path=input_path, source=source, force=force
+        )
+    except BulksyncError as exc:
+        _fail(exc)
+    if written.superseded:
+        examples = ", ".join(f"row {row} (by row {later})" for row, later in written.superseded[:5])
+        click.echo(
+            f"bulksync: warning: {len(written.superseded):,} rejected row(s) left out: a later row"
+            f" of the same person was accepted since, and sending the older one now would"
+            f" overwrite it: {examples}",
+            err=True,
+        )
+    if written.output is None:
+        click.echo(f"no invalid or failed rows to write in {results_path}")
+        return
+    if not written.verified:
+        click.echo(
+            f"bulksync: warning: {results_path} holds no fingerprint of {written.input_path}"
+            " (a dry run, or standard input): rows were matched by number, unchecked; if the"
+            " input changed since, they may be other rows",
+            err=True,
+        )
+    if written.not_found:
+        rows = ", ".join(str(row) for row in written.not_found[:5])
+        click.echo(
+            f"bulksync: warning: {len(written.not_found):,} row(s) are not in"
+            f" {written.input_path} (rows {rows}...): written with empty cells",
+            err=True,
+        )
+    counts = ", ".join(f"{n:,} {status}" for status, n in sorted(written.written.items()))
+    click.echo(
+        f"wrote {written.rows:,} row{'' if written.rows == 1 else 's'} ({counts}) of"
+        f" {written.input_path} to {written.output}"
+        " (mode 0600: it holds personal data)"
+    )
+    if written.transient:
+        click.echo(
+            f"  {written.transient:,} of them failed for a passing reason (429, 5xx, network):"
+            f" bulksync retry {results_path} re-sends those as they are, no fix needed"
+        )
+    click.echo(
+        "next: fix the cells (a row with every cell empty could not be read: its line in the"
+        " input shows it), delete the rows not to send, then send the file with the first run's"
+        " column options (--id-column, --rename, --type...) and these --exclude options, which"
+        " keep the bulksync_* columns from being sent as attributes:"
+    )
+    click.echo(f"  {written.sync_command()}")
 
 
 def _limit_schedule(text: str | None) -> tuple[tuple[float, float | None], ...]:

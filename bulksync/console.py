@@ -4,24 +4,33 @@ On a terminal a tqdm bar shows rows done (of an estimated total for plain files)
 ETA and the failed/invalid counts. Off a terminal there is no bar, only the summary. Logs go to
 stderr (warnings and errors) and, with --log-file, to a file (everything, retries included):
 each attempt's failure is a debug line, and only a row's final failure is an error, because
-people read per-attempt errors as lost data.
+people read per-attempt errors as lost data. Stderr shows the first ROW_FAILURES_SHOWN of those,
+then one line saying where the rest are, and at the end of the run how many there were: the
+results file and `bulksync report` hold them all, and so does --log-file.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
 from collections import Counter
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Self, TextIO
 
 from tqdm import tqdm
 
+from .files import open_private
 from .operations import KINDS
+from .report import shell_word
 from .results import STATUSES, Summary
 
 log = logging.getLogger("bulksync")
+ROW_FAILURES_SHOWN = 10  # rows' final failures shown on stderr; the rest are counted
+# How a row's final failure is worded (outcomes.Outcomes.failed), for records not marked.
+_ROW_FAILURE = re.compile(r"rows? \d+ \(id .*\) failed: ")
 
 
 def estimate_rows(path: str, fmt: str | None) -> int | None:
@@ -41,7 +50,8 @@ def estimate_rows(path: str, fmt: str | None) -> int | None:
 
 
 class ProgressBar:
-    """Counts outcomes as they are written; draws a bar when `enabled`."""
+    """Counts outcomes as they are written; draws a bar when `enabled`. Closed at the end of
+    the run, it also says how many row failures stderr did not show."""
 
     def __init__(self, total: int | None, enabled: bool, description: str) -> None:
         self.counts: Counter[str] = Counter()
@@ -85,13 +95,66 @@ class ProgressBar:
     ) -> None:
         if self._bar is not None:
             self._bar.close()
+        # The end of the run: one line counting the row failures stderr did not show.
+        for handler in log.handlers:
+            if isinstance(handler, _TqdmHandler) and handler.hidden_row_failures():
+                print(
+                    f"bulksync: {handler.row_failures:,} rows failed in all; the first"
+                    f" {handler.shown} are shown above, all are in the results file"
+                    " (bulksync report RESULTS)",
+                    file=sys.stderr,
+                )
+
+
+def is_row_failure(record: logging.LogRecord) -> bool:
+    """Is this log record one row's final failure? Marked `extra={"row_failure": True}` by
+    whoever logs it; recognised by its wording too, for callers that do not mark it."""
+    if getattr(record, "row_failure", False):
+        return True
+    return record.levelno >= logging.ERROR and _ROW_FAILURE.match(record.getMessage()) is not None
 
 
 class _TqdmHandler(logging.Handler):
-    """Writes log lines to stderr above the progress bar instead of through it."""
+    """Writes log lines to stderr above the progress bar instead of through it.
+
+    Row failures are shown only up to `shown`: a file with thousands of refused rows must not
+    bury the warnings and the summary under one line per row. The next one is replaced by a
+    line saying where they all are; `row_failures` counts them all, for the count at the end.
+    The --log-file handler is another handler: it keeps every line."""
+
+    def __init__(self, level: int, *, shown: int = ROW_FAILURES_SHOWN, log_file: Path | None):
+        super().__init__(level)
+        self.shown = shown
+        self.row_failures = 0
+        self._log_file = log_file
 
     def emit(self, record: logging.LogRecord) -> None:
+        # Handler.handle calls emit under the handler's lock: the count needs no other.
+        if is_row_failure(record):
+            self.row_failures += 1
+            if self.row_failures > self.shown:
+                if self.row_failures == self.shown + 1:
+                    also = f", and {self._log_file} keeps every line" if self._log_file else ""
+                    tqdm.write(
+                        f"bulksync: {record.levelname}: ... more rows failed: see the results"
+                        f" file (or bulksync report RESULTS){also}",
+                        file=sys.stderr,
+                    )
+                return
         tqdm.write(self.format(record), file=sys.stderr)
+
+    def hidden_row_failures(self) -> int:
+        return max(0, self.row_failures - self.shown)
+
+
+class _LogFile(logging.StreamHandler[TextIO]):
+    """--log-file: a stream handler on a file opened by open_private, closed with it."""
+
+    def close(self) -> None:
+        try:
+            self.stream.close()
+        finally:
+            super().close()
 
 
 def setup_logging(log_file: Path | None, quiet: bool) -> None:
@@ -100,14 +163,25 @@ def setup_logging(log_file: Path | None, quiet: bool) -> None:
     for handler in list(log.handlers):
         log.removeHandler(handler)
         handler.close()
-    stderr = _TqdmHandler(logging.ERROR if quiet else logging.WARNING)
+    stderr = _TqdmHandler(logging.ERROR if quiet else logging.WARNING, log_file=log_file)
     stderr.setFormatter(logging.Formatter("bulksync: %(levelname)s: %(message)s"))
     log.addHandler(stderr)
     if log_file is not None:
-        handler = logging.FileHandler(log_file, encoding="utf-8")
+        # Ids and emails go in it: private, never through a planted link, appended to.
+        fd = open_private(log_file, os.O_WRONLY | os.O_APPEND, "log file")
+        handler = _LogFile(os.fdopen(fd, "a", encoding="utf-8"))
         handler.setLevel(logging.DEBUG)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str | None) -> str:
+    """`text` safe to print on a terminal: control characters (an escape sequence in an
+    identifier could rewrite the screen) shown as \\xNN."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
 def summary_lines(what: str, summary: Summary) -> list[str]:
@@ -126,14 +200,26 @@ def summary_lines(what: str, summary: Summary) -> list[str]:
         for status in STATUSES
         if summary.counts.get(status)
     ]
+    if summary.repeated_identifiers:
+        shown = "; ".join(
+            f"{printable(identifier)} (rows {', '.join(map(str, rows))})"
+            for identifier, rows in summary.repeated_examples.items()
+        )
+        lines.append(
+            f"repeated: {summary.repeated_identifiers:,} identifiers on more than one row"
+            f" ({summary.repeated_rows:,} later rows), sent in file order, the last row"
+            f" winning; e.g. {shown}"
+        )
     path = summary.results_path
     lines.append(f"results: {path}")
     if summary.interrupted:
         lines.append("interrupted: run the same command again to send the rest")
     elif summary.counts.get("failed"):
         lines.append(f"next: re-send the failed rows with: bulksync retry {path}")
-    if summary.counts.get("invalid"):
-        lines.append(f"invalid rows and their reasons: grep '\"invalid\"' {path}")
+    if summary.counts.get("failed") or summary.counts.get("invalid"):
+        word = shell_word(str(path))
+        lines.append(f"reasons, grouped: bulksync report {word}")
+        lines.append(f"to fix the rows in a spreadsheet and send them: bulksync rejects {word}")
     if summary.dry_run and summary.rows and summary.exit_code == 0:
         how = "without --dry-run"
         if KINDS[summary.op].irreversible:

@@ -5,6 +5,7 @@
     │   ├── InputError            the input cannot be read: missing, empty, bad encoding, bad header
     │   └── CredentialsError      CUSTOMERIO_SITE_ID / CUSTOMERIO_API_KEY missing
     └── AbortError                the run stopped part-way; progress is saved (exit 3)
+        └── OutputError           an output (results, state, log) cannot be written: a full disk
 
 Row-level problems (a bad email, an unparseable date, a malformed JSONL line) are not exceptions:
 they become `Rejection`s and `invalid` lines in the results file, and the run goes on.
@@ -35,3 +36,16 @@ class AbortError(BulksyncError):
     """The run stopped part-way (credentials refused, API down, interrupted); re-run to resume."""
 
     exit_code = 3
+
+
+class OutputError(AbortError):
+    """An output file cannot be written (a full disk, most often): the run stops; what was
+    written before is valid, so the same command resumes once there is room."""
+
+    @classmethod
+    def of(cls, exc: OSError | Exception, path: object, what: str) -> OutputError:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return cls(
+            f"cannot write the {what} {path}: {reason}; stopped. Every outcome written so far"
+            " is kept: free some space, then run the same command again to resume"
+        )

@@ -55,6 +55,11 @@ class QuietLines(Iterator[str]):
         """The reader finished a record: no quoted field is open any more."""
         self._open_quotes = False
 
+    def replayed(self, line: str) -> None:
+        """The reader is reading `line` again (it was handed out before): count its quotes, so
+        that a quiet spell inside a quoted field it opens gives no empty line."""
+        self._note(line)
+
     def __next__(self) -> str:
         self.quiet = False
         while not self._lines:

@@ -35,6 +35,10 @@ EmptyPolicy = Literal["skip", "clear"]
 Objects = npt.NDArray[np.object_]
 Mask = npt.NDArray[np.bool_]
 
+# The columns `bulksync rejects` adds to a file of rows for a person to fix: the fixed file is
+# synced as it is, and these are never sent.
+BULKSYNC_COLUMNS = frozenset({"bulksync_row", "bulksync_line", "bulksync_error"})
+
 # The Track API's documented limits; it answers 400 past them (see docs/track-api.md).
 MAX_ID_BYTES = 150
 MAX_NAME_BYTES = 150
@@ -43,11 +47,12 @@ MAX_ATTRIBUTES = 300
 
 
 class Rejection(NamedTuple):
-    """A row that must not be sent, and why."""
+    """A row that must not be sent, and why; `line`: the input line where it starts, if known."""
 
     row: int
     identifier: str | None
     reason: str
+    line: int | None = None
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,7 @@ class ColumnPlan:
     """The options resolved against the input's columns: which column plays which part."""
 
     id_column: str | None  # None: the kind's rows name no person (objects, merges)
-    email_column: str
+    email_column: str | None  # --email-column; columns named like one are checked too
     date_columns: frozenset[str]
     tz: ZoneInfo | None  # None: naive times are UTC
     options: NormalizeOptions
@@ -122,6 +127,13 @@ class ColumnPlan:
 
     def output_name(self, column: str) -> str:
         return self.options.rename.get(column, column)
+
+    def is_email(self, column: str) -> bool:
+        """Is `column` checked as email addresses: named by --email-column, or called like an
+        email column (email, E-mail, Email Address, email_address...: Mailchimp's, HubSpot's)."""
+        if column == self.email_column:
+            return True
+        return re.sub(r"[\s_-]", "", column.lower()) in ("email", "emailaddress")
 
     def role_source(self, role: str | None) -> str | None:
         """Where a role's value comes from, for messages: its column, or its option."""
@@ -165,9 +177,6 @@ def plan_columns(options: NormalizeOptions, columns: list[str]) -> ColumnPlan:
         )
     if options.email_column is not None:
         require(options.email_column, "--email-column")
-    # `email` and `created_at` keep their meaning even when absent from these columns: a JSONL
-    # key may first appear in a later chunk, and must be checked and converted there too.
-    email_column = options.email_column or "email"
     for name in options.date_columns:
         require(name, "--date-column")
     for name in options.types:
@@ -180,12 +189,21 @@ def plan_columns(options: NormalizeOptions, columns: list[str]) -> ColumnPlan:
         raise UsageError(
             f"column {id_column!r} cannot be both the identifier and the {roles[id_column]}"
         )
-    dates = set(options.date_columns) | {"created_at"}
+    # `created_at` is a date as sent: the column renamed to it, or the one of that name left as
+    # is, even when absent here (a JSONL key may first appear in a later chunk).
+    dates = set(options.date_columns)
+    dates |= {c for c in columns if options.rename.get(c) == "created_at"}
+    if "created_at" not in options.rename:
+        dates.add("created_at")
     dates |= {column for column, role in roles.items() if _role(kind, role).date}
     for name in dates & set(options.types):
         raise UsageError(f"column {name!r} is a date column; it cannot also have --type")
 
-    sent = [c for c in columns if c not in options.exclude and c not in roles]
+    sent = [
+        c
+        for c in columns
+        if c not in options.exclude and c not in roles and c not in BULKSYNC_COLUMNS
+    ]
     if kind.name != PEOPLE:
         sent = [c for c in sent if c != id_column] if kind.data else []
     outputs = [options.rename.get(c, c) for c in sent]
@@ -207,7 +225,7 @@ def plan_columns(options: NormalizeOptions, columns: list[str]) -> ColumnPlan:
             tz = ZoneInfo(options.timezone)
         except (ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a directory
             raise UsageError(f"--timezone {options.timezone!r}: unknown time zone") from None
-    return ColumnPlan(id_column, email_column, frozenset(dates), tz, options, kind, roles)
+    return ColumnPlan(id_column, options.email_column, frozenset(dates), tz, options, kind, roles)
 
 
 def _role(kind: Kind, name: str) -> Role:
@@ -259,6 +277,8 @@ def normalize(chunk: Chunk, plan: ColumnPlan) -> list[Record | Rejection]:
     role_values: dict[str, Objects] = {}
     id_values: Objects = np.full(n, None, dtype=object)
     for column in frame.columns:
+        if column in BULKSYNC_COLUMNS:
+            continue  # a rejects file's own columns, fixed and synced: never data
         role = plan.roles.get(column)
         if role is None and column != plan.id_column and not kind.data:
             continue  # a deletion sends the identifier alone: other columns are not checked
@@ -268,6 +288,8 @@ def normalize(chunk: Chunk, plan: ColumnPlan) -> list[Record | Rejection]:
         _first_reason(reasons, errors)
         if column == plan.id_column:
             id_values = values
+            if not plan.is_email(column):
+                _first_reason(reasons, _addresses(column, values))
             if kind.name != PEOPLE:
                 continue  # it names the person; only people send it as an attribute
         if role is not None:
@@ -333,6 +355,11 @@ def normalize(chunk: Chunk, plan: ColumnPlan) -> list[Record | Rejection]:
     if chunk.bad_rows:
         result.extend(Rejection(row, None, reason) for row, reason in chunk.bad_rows)
         result.sort(key=lambda item: item.row)
+    if chunk.lines:  # a rejected row's line, for the person who fixes the file
+        result = [
+            item._replace(line=chunk.lines.get(item.row)) if isinstance(item, Rejection) else item
+            for item in result
+        ]
     return result
 
 
@@ -348,7 +375,7 @@ def _convert(column: str, s: pd.Series, missing: Mask, plan: ColumnPlan) -> tupl
     if column in plan.date_columns:
         return _dates(column, s, missing, plan.tz)
     limit = plan.value_limit
-    if column == plan.email_column:
+    if plan.is_email(column):
         return _emails(column, s, missing, limit)
     kind = plan.options.types.get(column)
     if kind is not None:
@@ -498,6 +525,14 @@ def email_problem(address: str) -> str | None:
 
 
 def _emails(column: str, s: pd.Series, missing: Mask, limit: int | None) -> tuple[Objects, Objects]:
+    # Spaces around an address are an export's accident, not part of it: trimmed, so that
+    # neither the check nor Customer.io sees them.
+    if isinstance(s.dtype, pd.StringDtype):
+        s = s.str.strip()
+    elif s.dtype == object:  # JSONL: keep the other JSON types as they are, and the dtype
+        cells = [v.strip() if type(v) is str else v for v in s.tolist()]
+        s = pd.Series(cells, index=s.index, dtype=object)
+    missing = missing | _missing(s)
     values, errors = _text(column, s, missing, limit)
     is_str, _ = _kinds(s, values)
     errors[pd.notna(values) & ~is_str & pd.isna(errors)] = f"{column}: an email must be a string"
@@ -508,6 +543,19 @@ def _emails(column: str, s: pd.Series, missing: Mask, limit: int | None) -> tupl
         if problem is not None and errors[i] is None:
             errors[i] = f"{column}: invalid email {_short(values[i])}: {problem}"
     return values, errors
+
+
+def _addresses(column: str, values: Objects) -> Objects:
+    """Reasons for the identifiers holding an invalid address: Customer.io reads a value with
+    an @ as an email, whatever its column is called."""
+    errors: Objects = np.full(len(values), None, dtype=object)
+    at = np.flatnonzero([type(v) is str and "@" in v for v in values.tolist()])
+    if len(at):
+        safe = certainly_valid_emails(pd.Series(values[at], dtype="str"))
+        for i in at[~safe]:
+            if (problem := email_problem(values[i])) is not None:
+                errors[i] = f"{column}: invalid email {_short(values[i])}: {problem}"
+    return errors
 
 
 # --- dates -----------------------------------------------------------------------------------
@@ -683,8 +731,20 @@ def _identifiers(column: str, values: Objects) -> tuple[Objects, Objects]:
     for i, v in enumerate(values.tolist()):
         if v is None or v == "":
             errors[i] = f"{column}: empty identifier"
+        elif type(v) is str and v.strip(".") == "":
+            # "." and ".." are path segments: /customers/.. would reach another endpoint.
+            errors[i] = (
+                f"{column}: identifier {_short(v)} is only dots, which a URL path cannot carry"
+            )
         elif type(v) is str:
             ids[i] = v
+        elif type(v) is float and v.is_integer() and abs(v) > 2**53:
+            # 1e20 would be "100000000000000000000" in the path and 1e20 in the body: a JSON
+            # number this large is not exact, so neither is the person it names.
+            errors[i] = (
+                f"{column}: identifier {_short(v)} is a number too large to be exact;"
+                " write it as a string"
+            )
         elif type(v) is int or (type(v) is float and v.is_integer()):
             ids[i] = str(int(v))
         else:

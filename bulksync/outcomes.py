@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from .console import printable
+from .errors import OutputError
 from .normalize import Rejection
 from .operations import PEOPLE, Record, state_key
 from .plan import Unchanged
@@ -40,12 +42,19 @@ class Outcomes:
 
     def invalid(self, rejection: Rejection) -> None:
         line = outcome_line(
-            rejection.row, rejection.identifier, "invalid", self.op, error=rejection.reason
+            rejection.row,
+            rejection.identifier,
+            "invalid",
+            self.op,
+            error=rejection.reason,
+            line_number=rejection.line,
         )
         self._write(rejection.row, "invalid", line)
 
     def unchanged(self, item: Unchanged) -> None:
-        line = outcome_line(item.row, item.identifier, "unchanged", item.op)
+        line = outcome_line(
+            item.row, item.identifier, "unchanged", item.op, superseded_by=item.superseded_by
+        )
         self._write(item.row, "unchanged", line)
 
     def valid(self, record: Record) -> None:
@@ -73,7 +82,13 @@ class Outcomes:
         self, record: Record, mode: str, http_status: int | None, attempts: int, error: str
     ) -> None:
         """The API refused the row, or its retries ran out: keep the payload to re-send it."""
-        log.error("row %d (id %s) failed: %s", record.row, record.identifier, error)
+        log.error(
+            "row %d (id %s) failed: %s",
+            record.row,
+            printable(record.identifier),
+            error,
+            extra={"row_failure": True},  # stderr shows the first few (console.py)
+        )
         line = outcome_line(
             record.row,
             record.identifier,
@@ -90,10 +105,16 @@ class Outcomes:
     def flush(self) -> None:
         """The results file first, then the state's acceptances: a crash between the two can
         only make the next run resend a row, never skip one."""
-        self.log.flush()
+        try:
+            self.log.flush()
+        except OSError as exc:
+            raise OutputError.of(exc, self.log.path, "results file") from None
         if self.state is not None:
             self.state.flush()
 
     def _write(self, row: int, status: Status, line: bytes) -> None:
-        self.log.write(row, status, line)
+        try:
+            self.log.write(row, status, line)
+        except OSError as exc:  # a full disk: one message and exit 3, never a traceback
+            raise OutputError.of(exc, self.log.path, "results file") from None
         self.progress(status)

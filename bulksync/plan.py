@@ -7,8 +7,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
 
 from .normalize import Rejection
 from .operations import KINDS, PEOPLE, Record, state_key
@@ -17,11 +20,13 @@ from .state import StateStore, payload_hash
 
 
 class Unchanged(NamedTuple):
-    """A row whose payload is the one Customer.io last accepted for its identifier."""
+    """A row not sent: its payload is the one Customer.io last accepted for its identifier, or
+    (with `superseded_by`) a later row of the same identifier replaces it."""
 
     row: int
     identifier: str
     op: str = PEOPLE
+    superseded_by: int | None = None
 
 
 Item = Record | Rejection | Unchanged
@@ -35,7 +40,13 @@ def pending(items: Items, log: ResultsLog) -> list[Item]:
 
 def changed(items: Items, store: StateStore) -> Items:
     """Turn the records Customer.io already accepted into `Unchanged`: for most kinds, the same
-    payload accepted for the same key; for events ("once"), the event id accepted at all."""
+    payload accepted for the same key; for events ("once"), the event id accepted at all.
+
+    A row whose key came earlier in this chunk is compared with that earlier row, which this
+    run sends (or found unchanged) first, not with the state as it was: five versions of one
+    person must not have the last one found "unchanged" against last night's and skipped while
+    the four before it are sent. (Across chunks, the state is already up to date: rows are
+    marked in flight before the next chunk is planned, and recorded once accepted.)"""
     keys = {
         item.row: key
         for item in items
@@ -44,14 +55,19 @@ def changed(items: Items, store: StateStore) -> Items:
     if not keys:
         return items
     accepted = store.last_hashes(keys.values())
-    if not accepted:
-        return items
-    return [
-        Unchanged(item.row, item.identifier, item.op)
-        if isinstance(item, Record) and _accepted(item, accepted.get(keys.get(item.row, "")))
-        else item
-        for item in items
-    ]
+    before: dict[str, Record] = {}  # key -> its latest record so far in this chunk
+    planned: list[Item] = []
+    for item in items:
+        key = keys.get(item.row) if isinstance(item, Record) else None
+        if key is None:
+            planned.append(item)
+            continue
+        assert isinstance(item, Record)
+        earlier = before.get(key)
+        same = _accepted(item, accepted.get(key)) if earlier is None else _same(item, earlier)
+        before[key] = item
+        planned.append(Unchanged(item.row, item.identifier, item.op) if same else item)
+    return planned
 
 
 def _accepted(record: Record, known: bytes | None) -> bool:
@@ -60,3 +76,99 @@ def _accepted(record: Record, known: bytes | None) -> bool:
     if KINDS[record.op].diff == "once":
         return True
     return known == payload_hash(record.payload)  # hash only the rows the state knows
+
+
+def _same(record: Record, earlier: Record) -> bool:
+    """Does `record` repeat the row of its key just before it (sent or unchanged)?"""
+    return KINDS[record.op].diff == "once" or record.payload == earlier.payload
+
+
+def superseded(items: Items, last: Mapping[int, int]) -> list[Item]:
+    """Rows that a later row of the same identifier replaces (`last`: row -> that later row)
+    become `Unchanged`: with `--state`, only a person's last row is what Customer.io must end
+    with, so the rows before it are not sent, tonight or any night."""
+    return [
+        Unchanged(item.row, item.identifier, item.op, last[item.row])
+        if isinstance(item, Record) and item.row in last
+        else item
+        for item in items
+    ]
+
+
+def last_rows(chunks: Iterable[Items]) -> dict[int, int]:
+    """row -> the last row of the same identifier, for every row of a last-wins kind (people,
+    objects) that a later row replaces. Memory: 16 bytes per row, in numpy arrays."""
+    hashes: list[npt.NDArray[np.int64]] = []
+    rows: list[npt.NDArray[np.int64]] = []
+    for items in chunks:
+        records = [i for i in items if isinstance(i, Record) and KINDS[i.op].last_wins]
+        hashes.append(np.fromiter((hash(r.identifier) for r in records), np.int64, len(records)))
+        rows.append(np.fromiter((r.row for r in records), np.int64, len(records)))
+    if not hashes:
+        return {}
+    h, r = np.concatenate(hashes), np.concatenate(rows)
+    order = np.lexsort((r, h))  # by identifier, then row
+    h, r = h[order], r[order]
+    later = np.flatnonzero(h[:-1] == h[1:])  # rows followed by one of the same identifier
+    if not len(later):
+        return {}
+    # Each group's last row: the row at the end of its run of equal hashes.
+    ends = np.flatnonzero(np.append(h[:-1] != h[1:], True))
+    last_of = ends[np.searchsorted(ends, later)]
+    return dict(zip(r[later].tolist(), r[last_of].tolist(), strict=True))
+
+
+class Repeats:
+    """Identifiers found on more than one row, for the kinds where a later row replaces an
+    earlier one (people, objects): counted as rows are read, with a few examples. Memory: 16
+    bytes per distinct identifier (sorted numpy arrays of hashes and first rows)."""
+
+    EXAMPLES = 5  # identifiers shown
+    ROWS_SHOWN = 5  # rows shown per identifier
+
+    def __init__(self) -> None:
+        self._hashes: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)  # sorted
+        self._first: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)  # aligned: first row
+        self._repeated: set[int] = set()
+        self.rows = 0  # rows whose identifier came on an earlier row
+        self.identifiers = 0  # identifiers on more than one row
+        self.examples: dict[str, list[int]] = {}
+
+    def observe(self, items: Items) -> Items:
+        """Count the repeats among `items` (one chunk, in row order); return them unchanged."""
+        records = [i for i in items if isinstance(i, Record) and KINDS[i.op].last_wins]
+        if not records:
+            return items
+        h = np.fromiter((hash(r.identifier) for r in records), np.int64, len(records))
+        rows = np.fromiter((r.row for r in records), np.int64, len(records))
+        at = np.searchsorted(self._hashes, h)
+        known = np.zeros(len(h), dtype=bool)
+        if len(self._hashes):
+            inside = at < len(self._hashes)
+            known[inside] = self._hashes[at[inside]] == h[inside]
+        unique, first = np.unique(h, return_index=True)  # first: index of each hash's first row
+        again = np.ones(len(h), dtype=bool)
+        again[first] = False
+        for i in np.flatnonzero(known | again):
+            if known[i]:
+                earliest = int(self._first[at[i]])
+            else:
+                earliest = int(rows[first[np.searchsorted(unique, h[i])]])
+            self._count(int(h[i]), records[i].identifier, earliest, int(rows[i]))
+        new = first[~known[first]]
+        merged_h = np.concatenate([self._hashes, h[new]])
+        merged_rows = np.concatenate([self._first, rows[new]])
+        order = np.argsort(merged_h, kind="stable")  # mostly sorted already: near linear
+        self._hashes, self._first = merged_h[order], merged_rows[order]
+        return items
+
+    def _count(self, key: int, identifier: str, earliest: int, row: int) -> None:
+        self.rows += 1
+        if key not in self._repeated:
+            self._repeated.add(key)
+            self.identifiers += 1
+            if len(self.examples) < self.EXAMPLES:
+                self.examples[identifier] = [earliest]
+        shown = self.examples.get(identifier)
+        if shown is not None and len(shown) < self.ROWS_SHOWN:
+            shown.append(row)

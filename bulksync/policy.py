@@ -25,10 +25,13 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from .errors import AbortError
 from .ratelimit import RateLimiter
 from .track import Kind, Response, TrackClient
+
+DEFAULT_MAX_WAIT = 60.0  # seconds of Retry-After honoured before the run stops instead
 
 log = logging.getLogger("bulksync")
 
@@ -128,11 +131,25 @@ class Breaker:
         )
 
 
+def waits_too_long(response: Response, max_wait: float) -> str | None:
+    """Why the run must stop when the API asks (Retry-After) to wait longer than `max_wait`
+    seconds: sleeping for hours would hold the results file's lock and look like a hang."""
+    wait = response.retry_after
+    if wait is None or wait <= max_wait:
+        return None
+    until = datetime.now(UTC) + timedelta(seconds=wait)
+    return (
+        f"the API asked to wait {wait:,.0f} s (Retry-After), longer than --max-wait"
+        f" {max_wait:g} s: run again after {until:%Y-%m-%d %H:%M} UTC"
+    )
+
+
 async def check_credentials(
     client: TrackClient,
     limiter: RateLimiter | None,
     max_retries: int,
     backoff: Backoff,
+    max_wait: float = DEFAULT_MAX_WAIT,
 ) -> tuple[Response, int]:
     """Check the credentials (GET /api/v1/accounts/region) before any row is sent, retrying
     transient failures like any request: 429s without using up `max_retries`, for at most the
@@ -150,6 +167,8 @@ async def check_credentials(
         if response.kind is not Kind.TRANSIENT:
             raise AbortError(f"{response.error}; nothing was sent")
         log.debug("credentials check: attempt %d: %s", requests, response.error)
+        if (too_long := waits_too_long(response, max_wait)) is not None:
+            raise AbortError(f"{too_long}; nothing was sent")
         if response.status == 429:
             limited += 1
             gave_up = time.monotonic() - began >= Breaker.WINDOW

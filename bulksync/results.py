@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Literal, Self
+from typing import Any, BinaryIO, Literal, Self, TypeGuard
 
 import orjson
 
-from .errors import UsageError
+from .errors import OutputError, UsageError
+from .files import check_output, open_private
 from .operations import PEOPLE
 
 Status = Literal["ok", "failed", "invalid", "unchanged", "valid"]
@@ -40,6 +41,7 @@ FORMAT_VERSION = 1
 _CODES: dict[str, int] = {status: i for i, status in enumerate(STATUSES, start=1)}
 # HTTP answers (None: no answer at all) worth sending again as they were: see `is_transient`.
 _TRANSIENT_STATUSES = {None, 408, 429}
+MAX_ROWS = 1_000_000_000  # rows of an input whose size is unknown (standard input)
 
 
 def default_results_path(input_path: str, *, dry_run: bool = False) -> Path:
@@ -65,10 +67,14 @@ def outcome_line(
     error: str | None = None,
     payload: dict[str, Any] | None = None,
     mode: str | None = None,
+    line_number: int | None = None,
+    superseded_by: int | None = None,
 ) -> bytes:
-    """One results line. `op` is the row's kind (people, events...); a failed row keeps its
+    """One results line. `op` is the row's kind (people, events...); an invalid row says on
+    which input `line` it starts (when the reader knows); a failed row keeps its
     `payload`, to be re-sent without the input; a sent row says which `mode` sent it (single:
-    one request per row, batch: POST /api/v2/batch)."""
+    one request per row, batch: POST /api/v2/batch); an unchanged row that a later row of the
+    same identifier replaces (with --state) says which: `superseded_by`."""
     line: dict[str, Any] = {
         "row": row,
         "id": identifier,
@@ -78,6 +84,10 @@ def outcome_line(
         "attempts": attempts,
         "error": error,
     }
+    if line_number is not None:
+        line["line"] = line_number
+    if superseded_by is not None:
+        line["superseded_by"] = superseded_by
     if mode is not None:
         line["mode"] = mode
     if payload is not None:
@@ -100,7 +110,7 @@ def read_lines(path: Path) -> Iterator[dict[str, Any]]:
             if not raw.endswith(b"\n"):
                 return
             line = _parse(raw, path, number)
-            if not isinstance(line.get("row"), int) or line.get("status") not in _CODES:
+            if not _is_row(line.get("row"), header.get("size")) or line.get("status") not in _CODES:
                 raise UsageError(f"{path}: line {number} is not a results line")
             line.setdefault("op", PEOPLE)
             yield line
@@ -179,6 +189,7 @@ class ResultsLog:
         self.counts: Counter[str] = Counter()  # latest status of every row in the file
         self.resumed = 0  # rows that already had an outcome when the file was opened
         self._status = bytearray()
+        check_output(path, "results file")  # before reading it, too: a link is not ours
         self._lock = _take_lock(path)
         try:
             if not fresh and path.exists() and path.stat().st_size > 0:
@@ -240,8 +251,11 @@ class ResultsLog:
                     break  # torn by a crash mid-write: that outcome is re-made on resume
                 line = _parse(raw, self.path, number)
                 row, status = line.get("row"), line.get("status")
-                if not isinstance(row, int) or status not in _CODES:
-                    raise UsageError(f"{self.path}: unexpected line {raw[:80]!r}")
+                if not _is_row(row, previous.size) or status not in _CODES:
+                    raise UsageError(
+                        f"{self.path}: line {number} is not a results line of this input"
+                        " (edited?); pass --fresh to start over, or choose another --results"
+                    )
                 self._set(row, str(status))
                 good_end += len(raw)
         self.resumed = sum(self.counts.values())
@@ -267,6 +281,8 @@ class ResultsLog:
     def close(self) -> None:
         try:
             self._file.close()
+        except OSError as exc:  # the last buffered lines could not be written: a full disk
+            raise OutputError.of(exc, self.path, "results file") from None
         finally:
             os.close(self._lock)
 
@@ -291,6 +307,17 @@ class ResultsLog:
         self.close()
 
 
+def _is_row(row: object, input_size: object) -> TypeGuard[int]:
+    """Could `row` be a data row of an input of `input_size` bytes? A tampered line must not
+    make the status table (one byte per row) allocate gigabytes, or index from the end."""
+    if type(row) is not int or row < 1:
+        return False
+    # A data row takes at least two bytes (a character and a line end) after the header.
+    if isinstance(input_size, int) and input_size > 0:
+        return row <= input_size // 2 + 1
+    return row <= MAX_ROWS
+
+
 def _parse(raw: bytes, path: Path, number: int) -> dict[str, Any]:
     try:
         value = orjson.loads(raw)
@@ -302,21 +329,15 @@ def _parse(raw: bytes, path: Path, number: int) -> dict[str, Any]:
 
 
 def _open_private(path: Path, flags: int) -> BinaryIO:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o600)
-    except OSError as exc:
-        raise UsageError(f"cannot write the results file {path}: {exc.strerror}") from None
-    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that already existed
-    return os.fdopen(fd, "wb")
+    return os.fdopen(open_private(path, os.O_WRONLY | flags, "results file"), "wb")
 
 
 def _take_lock(path: Path) -> int:
-    """Lock RESULTS.lock for this process; refuse, naming the holder, if another run has it."""
-    lock_path = path.with_name(path.name + ".lock")
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise UsageError(f"cannot create the lock file {lock_path}: {exc.strerror}") from None
+    """Lock RESULTS.lock for this process; refuse, naming the holder, if another run has it.
+    The lock sits beside the resolved results file, so two paths to one file share one lock."""
+    resolved = path.resolve()
+    lock_path = resolved.with_name(resolved.name + ".lock")
+    fd = open_private(lock_path, os.O_RDWR, "lock file")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -343,6 +364,9 @@ class Summary:
     resumed: int = 0  # rows that already had an outcome from an earlier run
     interrupted: bool = False
     op: str = PEOPLE  # the run's --kind (a retry may hold several: people then)
+    repeated_rows: int = 0  # rows whose identifier came on an earlier row (people, objects)
+    repeated_identifiers: int = 0
+    repeated_examples: dict[str, list[int]] = field(default_factory=dict)  # id -> some rows
 
     @property
     def rows(self) -> int:
@@ -368,6 +392,11 @@ class Summary:
             "resumed": self.resumed,
             "requests": self.requests,
             "rate_limited": self.rate_limited,
+            "repeated": {
+                "identifiers": self.repeated_identifiers,
+                "rows": self.repeated_rows,
+                "examples": [{"id": i, "rows": r} for i, r in self.repeated_examples.items()],
+            },
             "elapsed_seconds": round(self.elapsed, 3),
             "rows_per_second": round(self.rows_per_second, 1),
             "dry_run": self.dry_run,

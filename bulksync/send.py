@@ -43,12 +43,12 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .batch import DEFAULT_BATCH_SIZE, Batch, pack
-from .errors import AbortError, UsageError
+from .errors import AbortError, BulksyncError, InputError, UsageError
 from .normalize import Rejection
 from .operations import KINDS, Record, order_keys, state_key
 from .outcomes import Outcomes
 from .plan import Items, Unchanged
-from .policy import AdaptiveRate, Backoff, Breaker
+from .policy import DEFAULT_MAX_WAIT, AdaptiveRate, Backoff, Breaker, waits_too_long
 from .ratelimit import RateLimiter
 from .track import DEFAULT_TIMEOUT, REGIONS, Kind, Response, TrackClient
 
@@ -71,6 +71,7 @@ class SendOptions:
     backoff_cap: float = 30.0
     batch: bool = False  # POST /api/v2/batch instead of one PUT per row
     batch_size: int = DEFAULT_BATCH_SIZE
+    max_wait: float = DEFAULT_MAX_WAIT  # longest Retry-After honoured; longer stops the run
 
     def __post_init__(self) -> None:
         problems = [
@@ -89,6 +90,7 @@ class SendOptions:
                 ("backoff_base", self.backoff_base, self.backoff_base >= 0, "must be >= 0"),
                 ("backoff_cap", self.backoff_cap, self.backoff_cap >= 0, "must be >= 0"),
                 ("batch_size", self.batch_size, self.batch_size >= 1, "must be >= 1"),
+                ("max_wait", self.max_wait, 0 <= self.max_wait < math.inf, "must be >= 0"),
             )
             if not ok
         ]
@@ -197,6 +199,7 @@ class Sender:
         self.requests = 0
         self.rate_limited = 0  # 429 answers
         self.stopping = False
+        self.input_error: InputError | None = None  # the input broke part-way: read no further
         self.breaker = Breaker(time.monotonic())
         self.adaptive = AdaptiveRate(limiter.ceiling, time.monotonic()) if limiter else None
         self._backoff = options.backoff
@@ -223,6 +226,14 @@ class Sender:
                 ]
                 self._reader = group.create_task(self._read(chunks))
             await self._confirm_remaining()
+            if self.input_error is not None:
+                raise InputError(
+                    f"{self.input_error}. The rows before it were sent: their outcomes are in"
+                    " the results file. Fix the file, then run it again with --fresh (its content"
+                    " changed, so the results file cannot be resumed)"
+                ) from None
+        except* BulksyncError as group:  # an output failed (a full disk): its one line
+            raise group.exceptions[0] from None
         except* FatalAnswer as fatal:
             first = fatal.exceptions[0]
             assert isinstance(first, FatalAnswer)
@@ -273,15 +284,21 @@ class Sender:
         return jobs
 
     async def _read(self, chunks: Iterator[Items]) -> None:
-        while (jobs := await asyncio.to_thread(self._next_jobs, chunks)) is not None:
-            for job in jobs:
-                if isinstance(job, Rejection):
-                    self.outcomes.invalid(job)
-                elif isinstance(job, Unchanged):
-                    self.outcomes.unchanged(job)
-                else:
-                    await self._queue.put([self._claim(part) for part in self._parts(job)])
-            self.outcomes.flush()
+        try:
+            while (jobs := await asyncio.to_thread(self._next_jobs, chunks)) is not None:
+                for job in jobs:
+                    if isinstance(job, Rejection):
+                        self.outcomes.invalid(job)
+                    elif isinstance(job, Unchanged):
+                        self.outcomes.unchanged(job)
+                    else:
+                        await self._queue.put([self._claim(part) for part in self._parts(job)])
+                self.outcomes.flush()
+        except InputError as exc:
+            # The input breaks part-way (bytes that do not decode, quotes that cannot be
+            # bounded): read no further, but let the rows already read be sent and their
+            # outcomes written, rather than cancel requests in flight and lose theirs.
+            self.input_error = exc
         for _ in self._workers:
             await self._queue.put(None)  # one stop signal per worker
 
@@ -422,6 +439,8 @@ class Sender:
         """What an answer says about the run: credentials, the rate, the API's health."""
         if response.kind is Kind.FATAL:
             raise FatalAnswer(response.error or "the API refused the run")
+        if (too_long := waits_too_long(response, self.options.max_wait)) is not None:
+            raise FatalAnswer(too_long)
         now = time.monotonic()
         failed = response.kind is Kind.TRANSIENT
         limited = response.status == 429

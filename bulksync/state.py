@@ -28,7 +28,8 @@ from typing import Any, Self
 
 import orjson
 
-from .errors import UsageError
+from .errors import OutputError, UsageError
+from .files import check_output, open_private
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (
@@ -60,8 +61,10 @@ class StateStore:
         try:
             # Identifiers are personal data: create the file 0600 before SQLite does, and its
             # -wal and -shm files take the same mode.
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-            os.chmod(path, 0o600)  # O_CREAT's mode does not apply to a file that existed
+            os.close(open_private(path, os.O_RDWR, "state file"))
+            # SQLite opens these by name: a link planted there would be written through.
+            for journal in ("-wal", "-shm", "-journal"):
+                check_output(Path(f"{path}{journal}"), "state file's journal")
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -110,6 +113,13 @@ class StateStore:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
+        try:
+            self._record(pending)
+        except sqlite3.Error as exc:  # "database or disk is full", most often
+            raise OutputError.of(exc, self.path, "state file") from None
+        self.accepted += len(pending)
+
+    def _record(self, pending: list[tuple[str, bytes, int]]) -> None:
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany(
@@ -123,7 +133,6 @@ class StateStore:
                     (len(pending), self._run),
                 )
             self._db.execute("COMMIT")
-        self.accepted += len(pending)
 
     def forget(self, identifiers: Iterable[str]) -> int:
         """Drop identifiers from the state, so their next row is sent; how many were known."""

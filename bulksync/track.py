@@ -32,6 +32,7 @@ from .operations import KINDS, Record
 
 REGIONS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
 DEFAULT_TIMEOUT = 10.0  # seconds per request, like the official Python client
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
 
 
 class Kind(enum.Enum):
@@ -85,7 +86,16 @@ def resolve_base_url(region: str = "us", base_url: str | None = None) -> str:
         if region not in REGIONS:
             raise UsageError(f"unknown region {region!r}: use us or eu")
         return REGIONS[region]
-    url = URL(base_url)
+    try:
+        url = URL(base_url)
+    except ValueError:
+        raise UsageError("--base-url: not a URL; expected http(s)://host[:port]") from None
+    if url.user is not None or url.password is not None or url.query_string or url.fragment:
+        # Never echoed: it may hold a password. Credentials come from the environment only.
+        raise UsageError(
+            "--base-url must be http(s)://host[:port][/path], without user, password, query or"
+            " fragment (credentials come from CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY)"
+        )
     if url.scheme not in ("http", "https") or not url.host:
         raise UsageError(f"--base-url {base_url!r}: expected http(s)://host[:port]")
     if url.scheme == "http" and not _is_loopback(url.host):
@@ -235,8 +245,13 @@ class TrackClient:
             async with self._session.request(
                 method, url, data=body, allow_redirects=False, trace_request_ctx=on_sent
             ) as resp:
-                raw = await resp.read()
-                return classify(resp.status, _json_or_none(raw), resp.headers)
+                raw = await _read_capped(resp)
+                if raw is None and resp.status == 207:
+                    # Which operations were refused is unknown: none may be taken as accepted.
+                    return Response(
+                        Kind.TRANSIENT, 207, f"answer larger than {MAX_ANSWER_BYTES:,} bytes"
+                    )
+                return classify(resp.status, _json_or_none(raw or b""), resp.headers)
         except TimeoutError:
             return Response(Kind.TRANSIENT, None, f"no answer within {self._timeout.total:g}s")
         except aiohttp.ClientError as exc:
@@ -263,6 +278,19 @@ async def _call_on_sent(
 ) -> None:
     if context.trace_request_ctx is not None:
         context.trace_request_ctx()
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes | None:
+    """The answer's body, or None past MAX_ANSWER_BYTES: a broken or hostile server must not
+    fill the memory. The API's answers are small (a 207 for 1,000 operations: ~200 KB)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _json_or_none(raw: bytes) -> Any:

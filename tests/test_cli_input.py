@@ -91,7 +91,8 @@ def valid(payload: dict[str, Any], row: int, identifier: str | None = None) -> d
     }
 
 
-def invalid(row: int, error: str, identifier: str | None = None) -> dict[str, Any]:
+def invalid(row: int, error: str, identifier: str | None = None, *, line: int) -> dict[str, Any]:
+    """The results line of an invalid row, with the input line where the row starts."""
     return {
         "row": row,
         "id": identifier,
@@ -100,6 +101,7 @@ def invalid(row: int, error: str, identifier: str | None = None) -> dict[str, An
         "http_status": None,
         "attempts": 0,
         "error": error,
+        "line": line,
     }
 
 
@@ -234,7 +236,7 @@ def test_malformed_jsonl_lines(tmp_path: Path) -> None:
     assert rows[1] == valid({"id": "a"}, 1)
     assert rows[2]["status"] == "invalid" and rows[2]["id"] is None
     assert rows[2]["error"].startswith("malformed JSON: unexpected end of data")
-    assert rows[3] == invalid(3, "line is JSON list, not an object")
+    assert rows[3] == invalid(3, "line is JSON list, not an object", line=3)
     assert rows[4] == valid({"id": "d"}, 4)
 
 
@@ -244,8 +246,8 @@ def test_ragged_csv_rows(tmp_path: Path) -> None:
     assert_clean_exit(run, 1)
     assert run.lines == [
         valid({"id": "1", "a": "x", "b": "y"}, 1),
-        invalid(2, "row has 4 fields but the header has 3"),
-        invalid(3, "row has 2 fields but the header has 3"),
+        invalid(2, "row has 4 fields but the header has 3", line=3),
+        invalid(3, "row has 2 fields but the header has 3", line=4),
         valid({"id": "4", "a": "x", "b": "y"}, 4),  # trailing empty fields carry no data
         valid({"id": "5", "a": "x", "b": "y"}, 5),
     ]
@@ -255,7 +257,7 @@ def test_nul_in_a_cell(tmp_path: Path) -> None:
     run = sync(tmp_path, "in.csv", "id,name\n1,An\x00n\n2,Bob\n")
     assert_clean_exit(run, 1)
     assert run.lines == [
-        invalid(1, "name: contains a NUL character", "1"),
+        invalid(1, "name: contains a NUL character", "1", line=2),
         valid({"id": "2", "name": "Bob"}, 2),
     ]
 
@@ -351,7 +353,9 @@ def test_chunk_boundaries_keep_every_row_once(tmp_path: Path, chunk_size: str) -
     """Good rows, ragged rows, bad emails and blank lines spread over several chunks: every
     data row gets exactly one line, under its own row number."""
     lines = ["id,email"]
+    line_of: dict[int, int] = {}
     for i in range(1, 12):
+        line_of[i] = len(lines) + 1  # the line this row is written on
         if i % 4 == 0:
             lines.append(f"{i},x@example.com,extra")  # ragged
         elif i % 5 == 0:
@@ -366,10 +370,11 @@ def test_chunk_boundaries_keep_every_row_once(tmp_path: Path, chunk_size: str) -
     assert sorted(rows) == list(range(1, 12))
     for i, line in rows.items():
         if i % 4 == 0:
-            assert line == invalid(i, "row has 3 fields but the header has 2")
+            assert line == invalid(i, "row has 3 fields but the header has 2", line=line_of[i])
         elif i % 5 == 0:
             assert line["status"] == "invalid" and line["id"] == str(i)
             assert line["error"].startswith("email: invalid email 'not-an-email'")
+            assert line["line"] == line_of[i]
         else:
             assert line == valid({"id": str(i), "email": f"p{i}@example.com"}, i)
 

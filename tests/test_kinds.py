@@ -724,7 +724,7 @@ def test_yes_counts_only_rows_not_yet_done_and_a_finished_run_needs_none(
             "objects",
             "object_type_id,object_id,plan",
             ["1,a,pro", "1,b,free", "2,a,pro"],
-            "2,a,team",
+            "1,b,team",
         ),
         (
             "devices",

@@ -366,7 +366,8 @@ def assert_fast_path_sound(addresses: list[str]) -> None:
         if sure:
             assert library_accepts(address), address
     ids = [f"c{i}" for i in range(len(addresses))]
-    verdicts = [library_accepts(a) for a in addresses]
+    # Addresses are trimmed first; one that is all spaces is an empty cell, left out.
+    verdicts = [library_accepts(a.strip()) or not a.strip() for a in addresses]
     items = run_csv({"id": ids, "email": addresses})
     assert [isinstance(i, Record) for i in items] == verdicts
     items = run_jsonl([{"id": i, "email": a} for i, a in zip(ids, addresses, strict=True)])

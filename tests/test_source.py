@@ -79,7 +79,8 @@ def test_reading_is_lazy(tmp_path: Path) -> None:
     chunks = read_chunks(path, SourceOptions(chunk_size=100))
     first = next(chunks)
     assert first.rows == list(range(1, 101))
-    with pytest.raises(InputError, match="not valid utf-8 text near data row"):
+    # The header is line 1, so the 5,001st row is on line 5,002.
+    with pytest.raises(InputError, match=r"line 5002: not valid utf-8 text \(byte 0xff"):
         for _ in chunks:
             pass
 
@@ -179,8 +180,8 @@ def test_nul_in_a_cell_is_kept_for_normalize_to_refuse(tmp_path: Path) -> None:
         (b"id, email ,email\n", "duplicate column names in the header: email"),
         (b"id,,b\n1,2,3\n", "header column 2 has no name"),
         ("id,a\n1,x\n".encode("utf-16-le"), "is the file UTF-16? try --encoding utf-16"),
-        ("id,a\n1,Chloé\n".encode("latin-1"), "not valid utf-8 text near data row 1"),
-        ("id,a\n1,x\n".encode("utf-16"), "pass --encoding with the file's encoding"),
+        ("id,a\n1,Chloé\n".encode("latin-1"), "line 2: not valid utf-8 text (byte 0xe9)"),
+        ("id,a\n1,Chlo\x81\n".encode("latin-1"), "pass --encoding with the file's encoding"),
     ],
 )
 def test_csv_file_problems(tmp_path: Path, content: bytes, message: str) -> None:

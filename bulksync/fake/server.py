@@ -140,6 +140,8 @@ class FakeConfig:
     fail_first: dict[str, int] = field(default_factory=dict)
     # A batch naming any of these identifiers is refused whole (400), as a malformed one is.
     poison_ids: frozenset[str] = frozenset()
+    # Bytes of spaces after each answer's JSON (still valid JSON): an API answering megabytes.
+    answer_padding: int = 0
 
 
 @dataclass
@@ -880,6 +882,8 @@ class FakeTrackAPI:
                 request.transport.close()
             return web.Response()
         record.status = response.status
+        if self.config.answer_padding and isinstance(response.body, bytes):
+            response.body = response.body + b" " * self.config.answer_padding
         return response
 
     def _inspect(self, raw_path: str) -> web.Response | None:
