@@ -754,8 +754,8 @@ def rejects_command(
     click.echo(
         "next: fix the cells (a row with every cell empty could not be read: its line in the"
         " input shows it), delete the rows not to send, then send the file with the first run's"
-        " column options (--id-column, --rename, --type...) and these --exclude options, which"
-        " keep the bulksync_* columns from being sent as attributes:"
+        " column options (--id-column, --rename, --type...); its bulksync_* columns are never"
+        " sent:"
     )
     click.echo(f"  {written.sync_command()}")
 

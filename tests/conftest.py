@@ -55,6 +55,18 @@ def api_env(fake: ServerThread, monkeypatch: pytest.MonkeyPatch) -> ServerThread
     return fake
 
 
+@pytest.fixture
+def procs() -> Iterator[list[Any]]:
+    """CLI processes a test starts (`Proc`s of tests/test_resume.py); any still running at the
+    end are killed."""
+    started: list[Any] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.popen.kill()
+            proc.popen.wait()
+
+
 @contextlib.contextmanager
 def after_requests(
     fake: ServerThread, n: int, change: Callable[[FakeConfig], None]

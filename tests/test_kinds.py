@@ -9,7 +9,6 @@ import re
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +64,23 @@ class Case:
 
 
 EVENT_ID = "01HWSSHG80BE9PQEXB76QZQ7PN"  # a ULID given in the file: sent as it is
+OBJECT = {
+    "type": "object",
+    "identifiers": {"object_type_id": "1", "object_id": "acme"},
+    "action": "identify",
+    "attributes": {"name": "Acme Inc", "plan": "pro"},
+}
+RELATIONSHIP = {
+    "type": "person",
+    "identifiers": {"id": "c1"},
+    "action": "add_relationships",
+    "cio_relationships": [
+        {
+            "identifiers": {"object_type_id": "1", "object_id": "acme"},
+            "relationship_attributes": {"role": "admin"},
+        }
+    ],
+}
 
 CASES = [
     Case(
@@ -139,18 +155,8 @@ CASES = [
         ("--object-type-id", "1", "--object-id-column", "company_id"),
         "POST",
         "/api/v2/entity",
-        {
-            "type": "object",
-            "identifiers": {"object_type_id": "1", "object_id": "acme"},
-            "action": "identify",
-            "attributes": {"name": "Acme Inc", "plan": "pro"},
-        },
-        {
-            "type": "object",
-            "identifiers": {"object_type_id": "1", "object_id": "acme"},
-            "action": "identify",
-            "attributes": {"name": "Acme Inc", "plan": "pro"},
-        },
+        OBJECT,
+        OBJECT,
         "acme",
     ),
     Case(
@@ -159,28 +165,8 @@ CASES = [
         (),
         "POST",
         "/api/v2/entity",
-        {
-            "type": "person",
-            "identifiers": {"id": "c1"},
-            "action": "add_relationships",
-            "cio_relationships": [
-                {
-                    "identifiers": {"object_type_id": "1", "object_id": "acme"},
-                    "relationship_attributes": {"role": "admin"},
-                }
-            ],
-        },
-        {
-            "type": "person",
-            "identifiers": {"id": "c1"},
-            "action": "add_relationships",
-            "cio_relationships": [
-                {
-                    "identifiers": {"object_type_id": "1", "object_id": "acme"},
-                    "relationship_attributes": {"role": "admin"},
-                }
-            ],
-        },
+        RELATIONSHIP,  # sent alone to /api/v2/entity, the operation is the body
+        RELATIONSHIP,
         "c1",
     ),
     Case(
@@ -543,17 +529,6 @@ def test_a_rerun_without_state_sends_the_same_event_ids(
     assert invoke(*args, "--fresh").exit_code == 0
     second = [op["id"] for rec in sent(api_env) for op in rec.body["batch"]]
     assert sorted(first) == sorted(second) and len(set(first)) == 30
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    """CLI processes a test starts; any still running at the end are killed."""
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.popen.kill()
-            proc.popen.wait()
 
 
 def test_kill_9_then_resume_of_an_events_run_gives_each_event_one_id(

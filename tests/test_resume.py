@@ -133,17 +133,6 @@ def start_cli(url: str, logs: Path, *args: str | Path) -> Proc:
     return Proc(popen, out, err)
 
 
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    """Processes a test starts; any still running at the end are killed."""
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.popen.kill()
-            proc.popen.wait()
-
-
 def wait_until(
     condition: Callable[[], bool], proc: Proc | None = None, timeout: float = 30, what: str = ""
 ) -> None:
