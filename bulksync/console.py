@@ -22,6 +22,7 @@ from typing import Self, TextIO
 
 from tqdm import tqdm
 
+from .errors import OutputError
 from .files import open_private
 from .operations import KINDS
 from .report import shell_word
@@ -150,6 +151,18 @@ class _TqdmHandler(logging.Handler):
 class _LogFile(logging.StreamHandler[TextIO]):
     """--log-file: a stream handler on a file opened by open_private, closed with it."""
 
+    def __init__(self, stream: TextIO, path: Path) -> None:
+        super().__init__(stream)
+        self.path = path
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # logging's default prints a traceback and goes on; a log that cannot be written (a
+        # full disk) stops the run like the results file would: one line, exit 3.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            raise OutputError.of(exc, self.path, "log file") from None
+        super().handleError(record)
+
     def close(self) -> None:
         try:
             self.stream.close()
@@ -169,7 +182,7 @@ def setup_logging(log_file: Path | None, quiet: bool) -> None:
     if log_file is not None:
         # Ids and emails go in it: private, never through a planted link, appended to.
         fd = open_private(log_file, os.O_WRONLY | os.O_APPEND, "log file")
-        handler = _LogFile(os.fdopen(fd, "a", encoding="utf-8"))
+        handler = _LogFile(os.fdopen(fd, "a", encoding="utf-8"), log_file)
         handler.setLevel(logging.DEBUG)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)

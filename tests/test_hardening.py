@@ -339,3 +339,19 @@ def test_a_late_input_error_lets_the_rows_read_before_it_finish_with_their_outco
     # Every row the API accepted has its outcome: none was lost with the requests in flight.
     assert set(accepted) <= {i for i, status in lines.items() if status == "ok"}
     assert len(accepted) >= 10
+
+
+def test_a_full_disk_under_the_log_file_exits_3_with_one_line(
+    source: Path, tmp_path: Path, api_env: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    def full(self: logging.StreamHandler[Any]) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    api_env.fake.config.reject_ids = frozenset({"c1"})  # a failure to log
+    monkeypatch.setattr("bulksync.console._LogFile.flush", full)
+    result = invoke("sync", source, "--rate", "0", "--log-file", tmp_path / "run.log")
+    assert result.exit_code == 3, result.output
+    assert "cannot write the log file" in result.output and "No space left" in result.output
+    assert "Traceback" not in result.output and "Logging error" not in result.output
