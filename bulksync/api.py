@@ -33,7 +33,7 @@ from .results import (
     read_lines,
 )
 from .send import Sender, SendOptions, StopHandle
-from .source import Chunk, SourceOptions, read_chunks
+from .source import Chunk, SourceOptions, is_stream, read_chunks
 from .state import StateStore
 from .track import Credentials, TrackClient, resolve_base_url
 
@@ -97,7 +97,7 @@ def sync(
         kind = column_plan.kind
         if kind.irreversible and not (options.yes or options.dry_run):
             # Standard input cannot be read twice: there, every row must be confirmed.
-            done = set() if fresh or input_path == "-" else _rows_done(results_path)
+            done = set() if fresh or is_stream(input_path) else _rows_done(results_path)
             _require_yes(itertools.chain([first], chunks), column_plan, done)
             # Every row already has an outcome (a finished run, resumed): read it again to
             # resume, which sends nothing.
@@ -119,7 +119,7 @@ def sync(
             if log.resumed:
                 items = (pending(batch, log) for batch in items)
             if store is not None and not options.full:
-                if kind.last_wins and input_path != "-":
+                if kind.last_wins and not is_stream(input_path):
                     # Only a person's last row counts: find who repeats, reading ahead once.
                     # (Standard input cannot be read twice: there, each repeat is compared
                     # with the row before it, which ends right but sends every version.)

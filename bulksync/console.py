@@ -27,6 +27,7 @@ from .files import open_private
 from .operations import KINDS
 from .report import shell_word
 from .results import STATUSES, Summary
+from .source import is_stream
 
 log = logging.getLogger("bulksync")
 ROW_FAILURES_SHOWN = 10  # rows' final failures shown on stderr; the rest are counted
@@ -37,8 +38,8 @@ _ROW_FAILURE = re.compile(r"rows? \d+ \(id .*\) failed: ")
 def estimate_rows(path: str, fmt: str | None) -> int | None:
     """Data rows in a plain file, by counting newlines (fast; quoted newlines overcount a
     little). None for stdin and compressed files, whose size says nothing about rows."""
-    if path == "-" or path.lower().endswith(".gz"):
-        return None
+    if is_stream(path) or path.lower().endswith(".gz"):
+        return None  # a FIFO must not be read here: its rows would be gone
     try:
         lines = 0
         with open(path, "rb") as f:

@@ -47,7 +47,9 @@ MAX_ROWS = 1_000_000_000  # rows of an input whose size is unknown (standard inp
 def default_results_path(input_path: str, *, dry_run: bool = False) -> Path:
     # A dry run keeps its own file: its `valid` lines must never pass for a real run's outcomes.
     suffix = ".dry-run.jsonl" if dry_run else ".results.jsonl"
-    return Path(("stdin" if input_path == "-" else input_path) + suffix)
+    # Standard input, and `<(...)`'s /dev/fd/N, name no place for a file of ours.
+    stdin = input_path == "-" or input_path.startswith(("/dev/", "/proc/"))
+    return Path(("stdin" if stdin else input_path) + suffix)
 
 
 def is_transient(line: dict[str, Any]) -> bool:
@@ -153,8 +155,11 @@ class InputIdentity:
 
     @classmethod
     def of(cls, path: str) -> InputIdentity:
-        """Fingerprint a file (about 1 s per GB). Standard input cannot be fingerprinted."""
+        """Fingerprint a file (about 1 s per GB). Standard input cannot be fingerprinted, nor a
+        FIFO or another stream (`<(...)`, /dev/fd/N): reading it here would consume it."""
         try:
+            if path == "-" or not os.path.isfile(path):  # not opened: a FIFO would be emptied
+                return cls(path)
             with open(path, "rb") as f:
                 digest = hashlib.file_digest(f, "sha256").hexdigest()
             return cls(path, os.stat(path).st_size, digest)

@@ -7,7 +7,22 @@ number, and neither pandas' C engine (which aborts or pads silently) nor pyarrow
 (which cannot say where a skipped row was) can report that. Cells stay strings: zip "01234" stays
 "01234". Each chunk is then a pandas DataFrame, so normalizing is vectorised.
 
-Memory is bounded by `chunk_size` rows, never by the size of the input.
+Memory is bounded by the chunk, never by the size of the input, and a chunk is bounded three
+ways: at most `chunk_size` rows, `chunk_cells` cells (rows x columns: a 300-column file gets
+chunks of fewer rows than a 10-column one, so both take about the same memory for the same
+bytes) and `chunk_chars` characters of input text. A chunk's strings are freed once its
+DataFrame is built, before it is normalized. Lines are bounded while they are read (lines.py):
+a line or CSV record longer than 4 MiB characters stops the run (a gzip of zeros is refused
+after 4 MiB, not after filling memory), and so does a header of more than 10,000 columns.
+
+Standard input, a FIFO (`<(zcat file.gz)`, `/dev/fd/N`) or a character device is read as a
+stream: once, as it comes (a quiet pipe sends the rows read so far), its format guessed from its
+first byte when its name has no known extension. Such an input cannot be fingerprinted or sized:
+`is_stream` says which inputs are streams, for callers that would read a file twice.
+
+JSON integers stay exact (Python ints, in object columns, never float64): a 2^53 + 1 identifier
+is sent as written. An integer beyond 64 bits, which orjson would read as a rounded float (and
+cannot write), makes its row invalid, naming the key: it must be written as a string.
 
 The reader never guesses silently. What it decides on its own it says on stderr (a warning on the
 `bulksync` logger); what it cannot decide stops the run (InputError, exit 2), naming the line:
@@ -50,12 +65,15 @@ import csv
 import gzip
 import io
 import itertools
+import json
 import logging
+import os
 import re
+import stat
 import sys
 import zipfile
 import zlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,11 +83,18 @@ import orjson
 import pandas as pd
 
 from .errors import InputError, UsageError
-from .lines import QuietLines, is_pipe
+from .lines import MAX_LINE, BoundedLines, LineTooLong, QuietLines, is_pipe
 
 Format = Literal["csv", "jsonl"]
 
 DEFAULT_CHUNK_SIZE = 20_000
+# Cells (rows x columns) in a chunk: a chunk's memory goes with its cells (a string object per
+# cell, then an object per converted cell, then each row's payload dict), not with its rows.
+# 20,000 rows of 25 columns; 1,666 rows of 300. Measured in `make bench` (section memory).
+DEFAULT_CHUNK_CELLS = 500_000
+# Characters of input text in a chunk: long cells (notes, JSON) bound it before cells do.
+DEFAULT_CHUNK_CHARS = 16 * 1024 * 1024
+MAX_COLUMNS = 10_000  # Customer.io takes 300 attributes per person: more is not an export
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = codecs.BOM_UTF8
 _EXTENSIONS: dict[str, Format] = {
@@ -112,12 +137,18 @@ class SourceOptions:
     delimiter: str | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
     limit: int | None = None
+    chunk_cells: int = DEFAULT_CHUNK_CELLS
+    chunk_chars: int = DEFAULT_CHUNK_CHARS
 
     def __post_init__(self) -> None:
         if self.format is not None and self.format not in get_args(Format):
             raise UsageError(f"format {self.format!r}: must be csv or jsonl")
         if self.chunk_size < 1:
             raise UsageError(f"chunk size {self.chunk_size!r}: must be >= 1")
+        if self.chunk_cells < 1:
+            raise UsageError(f"chunk cells {self.chunk_cells!r}: must be >= 1")
+        if self.chunk_chars < 1:
+            raise UsageError(f"chunk characters {self.chunk_chars!r}: must be >= 1")
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"limit {self.limit!r}: must be >= 1")
         if self.delimiter is not None and len(self.delimiter) != 1:
@@ -128,14 +159,27 @@ def input_name(path: str) -> str:
     return "standard input" if path == "-" else path
 
 
-def detect_format(path: str, head: bytes) -> Format:
-    """The format named by the extension (`.gz` aside); for stdin, guessed from the first byte."""
+def is_stream(path: str) -> bool:
+    """Standard input, or a path that is not a regular file (a FIFO, `<(...)`'s /dev/fd/N, a
+    character device): it can be read only once, as it comes, and has no size or fingerprint."""
     if path == "-":
-        return "jsonl" if head.lstrip(UTF8_BOM + b" \t\r\n").startswith(b"{") else "csv"
-    suffixes = [s.lower() for s in Path(path).suffixes]
+        return True
+    try:
+        mode = os.stat(path).st_mode  # follows /dev/fd/N to the pipe; never opens (or blocks)
+    except (OSError, ValueError):
+        return False  # missing or unreadable: the reader says so
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def detect_format(path: str, head: bytes, *, stream: bool = False) -> Format:
+    """The format named by the extension (`.gz` aside); for stdin, or a stream (`stream`) whose
+    name has no known extension, guessed from the first byte."""
+    suffixes = [s.lower() for s in Path(path).suffixes] if path != "-" else []
     if suffixes and suffixes[-1] == ".gz":
         suffixes.pop()
     fmt = _EXTENSIONS.get(suffixes[-1]) if suffixes else None
+    if fmt is None and (path == "-" or stream):
+        return "jsonl" if head.lstrip(UTF8_BOM + b" \t\r\n").startswith(b"{") else "csv"
     if fmt is None:
         raise UsageError(
             f"cannot tell the format of {path} from its extension:"
@@ -145,7 +189,8 @@ def detect_format(path: str, head: bytes) -> Format:
 
 
 def read_chunks(path: str, options: SourceOptions | None = None) -> Generator[Chunk, None, None]:
-    """Yield the input's rows in chunks of at most `options.chunk_size` rows."""
+    """Yield the input's rows in chunks of at most `options.chunk_size` rows, `chunk_cells`
+    cells and about `chunk_chars` characters of input (see the module docstring)."""
     options = options or SourceOptions()
     try:
         codec: codecs.CodecInfo | None = codecs.lookup(options.encoding)
@@ -165,9 +210,10 @@ def read_chunks(path: str, options: SourceOptions | None = None) -> Generator[Ch
         if encoding.startswith("utf-16") or encoding.startswith("utf-32"):
             # Format detection looks for '{': in the decoded text, not in the bytes.
             head = head.decode(encoding, errors="ignore").encode()
-        fmt = options.format or detect_format(path, head)
+        stream = is_pipe(raw)  # stdin, a FIFO, /dev/fd/N, a terminal: not a regular file
+        fmt = options.format or detect_format(path, head, stream=stream)
         lines = None
-        if binary is raw and path == "-" and is_pipe(raw):
+        if binary is raw and stream:
             # A pipe may trickle: read it so that a quiet spell sends the rows held so far.
             pending = raw.read1(len(raw.peek(1)))  # what peeking already buffered
             lines = QuietLines(raw.fileno(), encoding, pending, csv_quotes=fmt == "csv")
@@ -175,6 +221,8 @@ def read_chunks(path: str, options: SourceOptions | None = None) -> Generator[Ch
             yield from _CsvReader(path, binary, options, encoding, lines).chunks()
         else:
             yield from _read_jsonl(path, binary, options, encoding, lines)
+    except LineTooLong as exc:  # the readers say which line; this is the last resort
+        raise InputError(_too_long(input_name(path), exc)) from None
     except (OSError, EOFError, zlib.error) as exc:
         # A truncated or corrupt .gz surfaces here, part-way through the file.
         raise InputError(f"{input_name(path)}: cannot read: {exc}") from None
@@ -308,13 +356,37 @@ def _line_ends(text: str) -> int:
     return text.count("\n") + text.count("\r") - text.count("\r\n")
 
 
+def _too_long(name: str, exc: LineTooLong) -> str:
+    if exc.record:
+        return (
+            f"{name}: line {exc.line}: a row running over several lines is longer than"
+            f" {exc.limit:,} characters; is a quote not closed? (inside quotes, a quote is"
+            ' written twice: "")'
+        )
+    where = f"line {exc.line}" if exc.line is not None else "a line"
+    return (
+        f"{name}: {where} is longer than {exc.limit:,} characters, more than any row"
+        " Customer.io takes: is the file damaged, or not CSV or JSONL text?"
+    )
+
+
 def _undecodable(name: str, given: str, exc: UnicodeDecodeError, lines_before: int) -> str:
     """The message for bytes `given` cannot decode, naming their line. `lines_before`: the lines
     already handed to the parser; the decoder decodes a block at a time, so the bad byte is on
     that many lines plus those the block holds before it."""
-    before = exc.object[: exc.start]
-    line = lines_before + 1 + _line_ends(bytes(before).decode("latin-1"))
+    before = bytes(exc.object[: exc.start])
+    try:  # UTF-16 or UTF-32: count the line ends of the text, not the bytes 0x0a and 0x0d
+        text = before.decode(exc.encoding) if exc.encoding.startswith("utf-") else None
+    except (UnicodeDecodeError, LookupError):
+        text = None
+    line = lines_before + 1 + _line_ends(before.decode("latin-1") if text is None else text)
     bad = " ".join(f"0x{b:02x}" for b in exc.object[exc.start : min(exc.end, exc.start + 4)])
+    family = exc.encoding[:6]  # "utf-16" or "utf-32" when a byte-order mark chose the codec
+    if family in ("utf-16", "utf-32") and not codecs.lookup(given).name.startswith(family):
+        return (
+            f"{name}: line {line}: not valid {family.upper()} text (byte {bad}), though the"
+            f" file starts with a {family.upper()} byte-order mark: is the file damaged?"
+        )
     return (
         f"{name}: line {line}: not valid {given} text (byte {bad}); pass --encoding with the"
         " file's encoding, e.g. --encoding cp1252 (Excel on Windows) or --encoding latin-1"
@@ -346,11 +418,16 @@ class _Feed:
     record `held` holds exactly that record's lines: counting them gives each row's line, and a
     record that swallowed rows (a quote never closed) can be read again from its second line.
     Lines to read again wait in `replay`, which every reader made by `lines` empties first.
+    A record whose lines add up to more than `limit` characters raises LineTooLong (record=True,
+    line None: the reader knows where the record started).
     """
 
-    def __init__(self, source: Iterator[str], quiet: QuietLines | None) -> None:
+    def __init__(
+        self, source: Iterator[str], quiet: QuietLines | None, limit: int = MAX_LINE
+    ) -> None:
         self.source = source
         self.quiet = quiet
+        self.limit = limit
         self.held: list[str] = []
         self.replay: deque[str] = deque()
 
@@ -360,15 +437,22 @@ class _Feed:
         self.replay.extendleft(reversed(lines))
 
     def lines(self) -> Iterator[str]:
-        held, replay, quiet = self.held, self.replay, self.quiet
+        held, replay, quiet, limit = self.held, self.replay, self.quiet, self.limit
+        chars = 0  # in the record being read: the reader empties `held` after each record
         while replay:
             line = replay.popleft()
             if quiet is not None:
                 quiet.replayed(line)  # it tracks open quotes to know when it may signal quiet
+            chars = chars + len(line) if held else len(line)
             held.append(line)
+            if chars > limit:
+                raise LineTooLong(limit, None, record=True)
             yield line
         for line in self.source:
+            chars = chars + len(line) if held else len(line)
             held.append(line)
+            if chars > limit:
+                raise LineTooLong(limit, None, record=True)
             yield line
 
     def peek(self, n: int) -> list[str]:
@@ -411,11 +495,13 @@ class _CsvReader:
 
     def chunks(self) -> Iterator[Chunk]:
         text = None
-        source: Iterator[str]
+        source: BoundedLines[str] | QuietLines
         if self.quiet is None:
-            source = text = io.TextIOWrapper(self.binary, encoding=self.encoding, newline="")
+            text = io.TextIOWrapper(self.binary, encoding=self.encoding, newline="")
+            source = BoundedLines(text.readline)
         else:
             source = self.quiet
+        self.source = source  # its count: the lines handed out, to place a decoding error
         try:
             self.feed = _Feed(source, self.quiet)
             yield from self._chunks()
@@ -438,8 +524,12 @@ class _CsvReader:
             reader = self._reader()
             header, unnamed, line_no = self._read_header(reader, line_no)
         except UnicodeDecodeError as exc:
-            lines_before = line_no + len(held)  # (blank lines before the header aside)
+            lines_before = self.source.count
             raise InputError(_undecodable(name, options.encoding, exc, lines_before)) from None
+        except LineTooLong as exc:
+            if exc.line is None:
+                exc.line = line_no + 1
+            raise InputError(_too_long(name, exc)) from None
         width = len(header)
         row_no = 0
         # Rows read again after a broken quote, up to line check_until, must prove themselves.
@@ -448,7 +538,10 @@ class _CsvReader:
         rows: list[int] = []
         bad: list[tuple[int, str]] = []
         lines: dict[int, int] = {}
-        chunk_size, limit = options.chunk_size, options.limit
+        limit = options.limit
+        # A chunk ends at chunk_size rows, at chunk_cells cells, or past chunk_chars characters.
+        chunk_size = min(options.chunk_size, max(1, options.chunk_cells // width))
+        max_chars, chars = options.chunk_chars, 0
         done = False
         while not done:
             # The loop over one reader; a broken quote raises csv.Error out of it, or the
@@ -464,11 +557,12 @@ class _CsvReader:
                         if quiet is None or not quiet.quiet:
                             line_no += n
                         elif rows or bad:  # not a line: the pipe went quiet
-                            yield Chunk(self._frame(cells, header), rows, bad, lines)
-                            cells, rows, bad, lines = [], [], [], {}
+                            yield self._chunk(cells, header, rows, bad, lines)
+                            cells, rows, bad, lines, chars = [], [], [], {}, 0
                         continue
                     row_no += 1
                     lines[row_no] = start
+                    chars += len(held[0]) if n == 1 else sum(map(len, held))
                     broken = None
                     if n > 1 or start <= check_until:  # rare: the common row is one line
                         if n > 1:
@@ -492,9 +586,9 @@ class _CsvReader:
                         line_no, reader = self._read_again(start)
                         if broken.check_until > check_until:
                             check_until, broken_at = broken.check_until, start
-                    if len(rows) + len(bad) >= chunk_size:
-                        yield Chunk(self._frame(cells, header), rows, bad, lines)
-                        cells, rows, bad, lines = [], [], [], {}
+                    if len(rows) + len(bad) >= chunk_size or chars >= max_chars:
+                        yield self._chunk(cells, header, rows, bad, lines)
+                        cells, rows, bad, lines, chars = [], [], [], {}, 0
                     if limit is not None and row_no >= limit:
                         done = True
                         break
@@ -515,15 +609,19 @@ class _CsvReader:
                 line_no, reader = self._read_again(start)
                 if broken.check_until > check_until:
                     check_until, broken_at = broken.check_until, start
-                if len(rows) + len(bad) >= chunk_size:
-                    yield Chunk(self._frame(cells, header), rows, bad, lines)
-                    cells, rows, bad, lines = [], [], [], {}
+                if len(rows) + len(bad) >= chunk_size or chars >= max_chars:
+                    yield self._chunk(cells, header, rows, bad, lines)
+                    cells, rows, bad, lines, chars = [], [], [], {}, 0
                 done = limit is not None and row_no >= limit
             except UnicodeDecodeError as exc:
-                lines_before = line_no + len(held)
+                lines_before = self.source.count
                 raise InputError(_undecodable(name, options.encoding, exc, lines_before)) from None
+            except LineTooLong as exc:
+                if exc.line is None:  # a record over several lines: where it started
+                    exc.line = line_no + 1
+                raise InputError(_too_long(name, exc)) from None
         if rows or bad or row_no == 0:  # a header-only file still shows its columns
-            yield Chunk(self._frame(cells, header), rows, bad, lines)
+            yield self._chunk(cells, header, rows, bad, lines)
 
     def _read_header(self, reader: Iterator[list[str]], line_no: int) -> tuple[list[str], int, int]:
         """(the column names, how many unnamed columns end the header, the header's last line)."""
@@ -564,8 +662,18 @@ class _CsvReader:
         )
 
     @staticmethod
-    def _frame(cells: list[list[str]], header: list[str]) -> pd.DataFrame:
-        return pd.DataFrame(cells, columns=header, dtype="str")
+    def _chunk(
+        cells: list[list[str]],
+        header: list[str],
+        rows: list[int],
+        bad: list[tuple[int, str]],
+        lines: dict[int, int],
+    ) -> Chunk:
+        frame = pd.DataFrame(cells, columns=header, dtype="str")
+        # The frame holds the values now: free the strings (an object per cell, several times
+        # the text) before the chunk is normalized, rather than when the next one starts.
+        cells.clear()
+        return Chunk(frame, rows, bad, lines)
 
     # --- delimiter ---
 
@@ -638,11 +746,17 @@ class _CsvReader:
         while len(header) > 1 and header[-1] == "":
             header.pop()
             unnamed += 1
+        if len(header) > MAX_COLUMNS:
+            raise InputError(
+                f"{name}: line {line}: the header has {len(header):,} columns; bulksync reads"
+                f" at most {MAX_COLUMNS:,} (Customer.io takes at most 300 attributes per"
+                " person): remove the columns not to send, or is the delimiter wrong?"
+            )
         if "" in header:
             raise InputError(
                 f"{name}: line {line}: header column {header.index('') + 1} has no name"
             )
-        dupes = sorted({h for h in header if header.count(h) > 1})
+        dupes = sorted(h for h, count in Counter(header).items() if count > 1)
         if dupes:
             raise InputError(
                 f"{name}: line {line}: duplicate column names in the header: {', '.join(dupes)}"
@@ -746,6 +860,10 @@ def _quote_problem(error: csv.Error) -> str:
 # --- JSONL -------------------------------------------------------------------------------------
 
 
+# orjson reads an integer beyond 64 bits as a float (rounded): a float this large may be one.
+_HUGE = float(2**63)
+
+
 def _read_jsonl(
     path: str,
     binary: BinaryIO,
@@ -757,16 +875,23 @@ def _read_jsonl(
     codec = codecs.lookup(encoding).name
     utf8 = codec in ("utf-8", "utf-8-sig")
     text = None
-    source: Iterator[bytes] | Iterator[str] = binary if lines is None else lines
-    if lines is None and not utf8 and "\n".encode(encoding) != b"\n":
+    source: Iterator[bytes] | Iterator[str]
+    if lines is not None:
+        source = lines
+    elif not utf8 and "\n".encode(encoding) != b"\n":
         # UTF-16 or UTF-32: lines cannot be split on the byte b"\n"; split the decoded text,
         # on LF only as for bytes.
         text = io.TextIOWrapper(binary, encoding=encoding, newline="\n")
-        source = text
+        source = BoundedLines(text.readline)
+    else:
+        source = BoundedLines(binary.readline)
     objects: list[dict[str, object]] = []
     rows: list[int] = []
     bad: list[tuple[int, str]] = []
     numbers: dict[int, int] = {}
+    keys: set[str] = set()  # the chunk's columns: every key of its objects
+    chars = 0
+    chunk_size, max_cells, max_chars = options.chunk_size, options.chunk_cells, options.chunk_chars
     row_no = line_no = 0
     first = True
     try:
@@ -776,41 +901,134 @@ def _read_jsonl(
                 line, first = line.removeprefix(UTF8_BOM), False
             if lines is not None and lines.quiet:  # not a line: the pipe went quiet
                 if rows or bad:
-                    yield Chunk(_frame(objects), rows, bad, numbers)
-                    objects, rows, bad, numbers = [], [], [], {}
+                    yield _jsonl_chunk(objects, rows, bad, numbers)
+                    objects, rows, bad, numbers, keys, chars = [], [], [], {}, set(), 0
                 continue
             line_no += 1
             if not line:
                 continue  # blank lines are not counted as rows
             row_no += 1
-            numbers[row_no] = line_no
-            try:
-                obj = orjson.loads(line if utf8 or isinstance(line, str) else line.decode(encoding))
-            except orjson.JSONDecodeError as exc:
-                # orjson's own position says "line 1": the line is the row's; the column helps.
-                bad.append((row_no, f"malformed JSON: {exc.msg} (column {exc.colno})"))
-            except UnicodeDecodeError as exc:
-                bad.append((row_no, f"malformed JSON: not valid {options.encoding} text ({exc})"))
+            chars += len(raw)
+            obj, reason = _parse_object(line, utf8, encoding, options.encoding)
+            if obj is None:
+                bad.append((row_no, reason))
             else:
-                if isinstance(obj, dict):
-                    objects.append(obj)
-                    rows.append(row_no)
-                else:
-                    bad.append((row_no, f"line is JSON {type(obj).__name__}, not an object"))
-            if len(rows) + len(bad) >= options.chunk_size:
-                yield Chunk(_frame(objects), rows, bad, numbers)
-                objects, rows, bad, numbers = [], [], [], {}
+                keys.update(obj)
+                if rows and (len(keys) > MAX_COLUMNS or (len(rows) + 1) * len(keys) > max_cells):
+                    # Its keys would make the frame too wide, or too large: cut before it.
+                    yield _jsonl_chunk(objects, rows, bad, numbers)
+                    objects, rows, bad, numbers, keys, chars = [], [], [], {}, set(obj), len(raw)
+                objects.append(obj)
+                rows.append(row_no)
+            numbers[row_no] = line_no
+            if (
+                len(rows) + len(bad) >= chunk_size
+                or len(rows) * len(keys) >= max_cells
+                or chars >= max_chars
+            ):
+                yield _jsonl_chunk(objects, rows, bad, numbers)
+                objects, rows, bad, numbers, keys, chars = [], [], [], {}, set(), 0
             if options.limit is not None and row_no >= options.limit:
                 break
     except UnicodeDecodeError as exc:  # from decoding UTF-16/32 text, or a pipe's
         raise InputError(_undecodable(name, options.encoding, exc, line_no)) from None
+    except LineTooLong as exc:
+        raise InputError(_too_long(name, exc)) from None
     finally:
         if text is not None:
             text.detach()
     if row_no == 0:
         raise InputError(f"{name} is empty: expected one JSON object per line")
     if rows or bad:
-        yield Chunk(_frame(objects), rows, bad, numbers)
+        yield _jsonl_chunk(objects, rows, bad, numbers)
+
+
+def _parse_object(
+    line: bytes | str, utf8: bool, encoding: str, given: str
+) -> tuple[dict[str, object], str] | tuple[None, str]:
+    """(the line's JSON object, "") or (None, why the row is invalid)."""
+    try:
+        document = line if utf8 or isinstance(line, str) else line.decode(encoding)
+        obj = orjson.loads(document)
+    except orjson.JSONDecodeError as exc:
+        if isinstance(line, bytes) and utf8:
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as undecodable:
+                at = undecodable.start
+                return None, (
+                    f"malformed JSON: not valid {given} text (byte 0x{line[at]:02x} at column"
+                    f" {at + 1}); pass --encoding with the file's encoding, e.g. --encoding cp1252"
+                )
+        # orjson's own position says "line 1": the line is the row's; the column helps.
+        return None, f"malformed JSON: {exc.msg} (column {exc.colno})"
+    except UnicodeDecodeError as exc:
+        return None, f"malformed JSON: not valid {given} text ({exc})"
+    if not isinstance(obj, dict):
+        return None, f"line is JSON {type(obj).__name__}, not an object"
+    if len(obj) > MAX_COLUMNS:
+        return None, (
+            f"the object has {len(obj):,} keys; bulksync reads at most {MAX_COLUMNS:,}"
+            " (Customer.io takes at most 300 attributes per person)"
+        )
+    kinds = set(map(type, obj.values()))
+    try:
+        huge = (float in kinds or dict in kinds or list in kinds) and _huge_float(obj)
+    except RecursionError:  # nested deeper than Python recurses (orjson allows 1,024 levels)
+        huge = False
+    if huge:
+        # Perhaps an integer beyond 64 bits, which orjson read as a float, silently rounded:
+        # the standard library reads it exactly, to refuse the row rather than send another
+        # number. (orjson cannot write such an integer either: a string must carry it.)
+        try:
+            beyond = _beyond_64_bits(json.loads(document), "")
+        except (ValueError, RecursionError):  # thousands of digits; nested deeper than Python
+            beyond = "a value"
+        if beyond is not None:
+            return None, (
+                f"{beyond}: an integer beyond 64 bits cannot be sent exactly (JSON tools read it"
+                " as a rounded float); write it as a string"
+            )
+    return obj, ""
+
+
+def _huge_float(value: dict[str, object] | list[object]) -> bool:
+    """Is a float of 2^63 or more (in magnitude) anywhere in `value`?"""
+    for item in value.values() if isinstance(value, dict) else value:
+        if type(item) is float:
+            if abs(item) >= _HUGE:
+                return True
+        elif isinstance(item, dict | list) and _huge_float(item):
+            return True
+    return False
+
+
+def _beyond_64_bits(value: object, where: str) -> str | None:
+    """Where in `value` (a key, or key.key) an integer outside int64/uint64 is; None if none."""
+    if type(value) is int:
+        return where if not -(2**63) <= value < 2**64 else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _beyond_64_bits(item, f"{where}.{key}" if where else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for item in value:
+            found = _beyond_64_bits(item, where or "a value")
+            if found is not None:
+                return found
+    return None
+
+
+def _jsonl_chunk(
+    objects: list[dict[str, object]],
+    rows: list[int],
+    bad: list[tuple[int, str]],
+    numbers: dict[int, int],
+) -> Chunk:
+    frame = _frame(objects)
+    objects.clear()  # the frame holds the values now: free the dicts before normalizing
+    return Chunk(frame, rows, bad, numbers)
 
 
 def _frame(objects: list[dict[str, object]]) -> pd.DataFrame:
