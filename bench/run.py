@@ -99,15 +99,7 @@ class BenchError(Exception):
 def measure(argv: Sequence[str], expect_rc: int = 0, env: Mapping[str, str] | None = None) -> Run:
     """Run `argv` once in a fresh process; its wall time and peak RSS (children included).
     `env`: variables to set for it, on top of this process's environment."""
-    out = subprocess.run(
-        [sys.executable, "-c", _WRAPPER, *argv],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-        env={**os.environ, **env} if env is not None else None,
-    )
-    r = json.loads(out.stdout)
+    r = _measure_stderr(argv, env)
     if r["rc"] != expect_rc:
         raise BenchError(
             f"{shlex.join(argv)} exited {r['rc']} (expected {expect_rc}); stderr:\n{r['stderr']}"

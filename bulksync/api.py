@@ -96,8 +96,13 @@ def sync(
         column_plan = plan_columns(options.normalize, list(first.frame.columns))
         kind = column_plan.kind
         if kind.irreversible and not (options.yes or options.dry_run):
-            # Standard input cannot be read twice: there, every row must be confirmed.
-            done = set() if fresh or is_stream(input_path) else _rows_done(results_path)
+            if is_stream(input_path):  # it cannot be read twice: once to count, once to send
+                raise UsageError(
+                    f"--kind {kind.name} cannot be undone, and rows read from a pipe cannot be"
+                    " counted before they are sent. Nothing was sent. Check them with"
+                    " --dry-run, then pass --yes to send them"
+                )
+            done = set() if fresh else _rows_done(results_path)
             _require_yes(itertools.chain([first], chunks), column_plan, done)
             # Every row already has an outcome (a finished run, resumed): read it again to
             # resume, which sends nothing.

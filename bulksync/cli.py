@@ -695,11 +695,9 @@ def rejects_command(
 
     The rows whose latest outcome in RESULTS is invalid or failed, with their original cells
     read back from the input, after three columns: bulksync_row, bulksync_line (where the row
-    starts in the input) and bulksync_error (why). Fix the cells in a spreadsheet, then send
-    the file with the command printed:
-
-    bulksync sync FIX.csv --exclude bulksync_row --exclude bulksync_line --exclude
-    bulksync_error (and the first run's column options: --id-column, --rename, --type...)
+    starts in the input) and bulksync_error (why), which sync never sends. Fix the cells in a
+    spreadsheet, then send the file with the command printed: bulksync sync FIX.csv (and the
+    first run's column options: --id-column, --rename, --type...).
 
     The input must be unchanged since the run (its size and SHA-256 are checked against the
     results header); a dry run's results have no fingerprint, and rows are then matched by

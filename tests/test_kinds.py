@@ -757,3 +757,12 @@ def test_a_merge_refused_after_an_unclear_attempt_says_it_may_have_been_applied(
     (line,) = read_results(Path(f"{source}.results.jsonl"))
     assert line["status"] == "failed" and line["attempts"] == 2
     assert "may have been applied" in line["error"]
+
+
+def test_an_irreversible_kind_from_a_pipe_needs_yes_since_it_cannot_be_counted(
+    api_env: ServerThread,
+) -> None:
+    result = CliRunner().invoke(main, ["sync", "-", "--kind", "deletions"], input="id\nc1\n")
+    assert result.exit_code == 2, result.output
+    assert "--yes" in result.output and "pipe" in result.output
+    assert api_env.snapshot()[0] == []
