@@ -55,6 +55,8 @@ def changed(items: Items, store: StateStore) -> Items:
     if not keys:
         return items
     accepted = store.last_hashes(keys.values())
+    if not accepted and len(set(keys.values())) == len(keys):
+        return items  # nothing known and nothing repeated: every row is sent (a first night)
     before: dict[str, Record] = {}  # key -> its latest record so far in this chunk
     planned: list[Item] = []
     for item in items:

@@ -41,10 +41,11 @@ from typing import IO, Any
 import orjson
 
 from .errors import UsageError
+from .files import open_private
 from .normalize import BULKSYNC_COLUMNS
 from .operations import KINDS, PEOPLE
-from .report import read_header, shell_word
-from .results import InputIdentity, is_transient, latest_accepted_rows, read_lines
+from .report import shell_word
+from .results import InputIdentity, is_transient, latest_accepted_rows, read_header, read_lines
 from .source import Chunk, Format, SourceOptions, detect_format, read_chunks
 
 ROW, LINE, ERROR = "bulksync_row", "bulksync_line", "bulksync_error"
@@ -294,15 +295,11 @@ def _check_output(output: Path, fmt: Format, force: bool, inputs: tuple[str, ...
 
 
 def _create(output: Path, force: bool) -> IO[bytes]:
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
-    try:
-        fd = os.open(output, flags, 0o600)
-    except FileExistsError:
-        raise UsageError(f"{output} exists: choose another --output, or --force") from None
-    except OSError as exc:
-        raise UsageError(f"cannot write {output}: {exc.strerror}") from None
-    os.fchmod(fd, 0o600)  # personal data; O_CREAT's mode does not apply to an existing file
-    return os.fdopen(fd, "wb")
+    if not force and os.path.lexists(output):
+        raise UsageError(f"{output} exists: choose another --output, or --force")
+    # Private (personal data), and never through a link, as every output of bulksync.
+    flags = os.O_WRONLY | (os.O_TRUNC if force else os.O_EXCL)
+    return os.fdopen(open_private(output, flags, "rejects file"), "wb")
 
 
 def _missing(value: Any) -> bool:

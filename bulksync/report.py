@@ -20,11 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from .errors import UsageError
 from .operations import KINDS, PEOPLE
-from .results import HEADER_KEY, STATUSES, is_transient, read_lines
+from .results import STATUSES, is_transient, read_header, read_lines
 
 EXAMPLES = 3  # example rows kept per error reason
 MAX_REASONS = 1000  # distinct reasons tracked; later new ones are counted as "other reasons"
@@ -32,27 +30,6 @@ OTHER_REASONS = "(other reasons)"
 SHOWN_REASONS = 20  # reasons listed in the text report (--json lists every one tracked)
 SHOWN_MISSING = 5  # rows without an outcome named in the report
 MIN_RATE_SECONDS = 1.0  # `started` has whole seconds: a shorter window gives no honest rate
-
-
-def read_header(path: Path) -> dict[str, Any]:
-    """The first line of a results file, checked; a UsageError (one line, exit 2) when the
-    file is missing, unreadable or not a results file."""
-    try:
-        with path.open("rb") as f:
-            first = f.readline()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such results file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path} is a directory, not a results file") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        header = orjson.loads(first)
-    except orjson.JSONDecodeError:
-        header = None
-    if not isinstance(header, dict) or HEADER_KEY not in header:
-        raise UsageError(f"{path} is not a bulksync results file (its first line is no header)")
-    return header
 
 
 # The parts of a reason that name one row's value, not the problem. bulksync quotes values

@@ -100,14 +100,34 @@ def outcome_line(
 # --- reading a results file: pure functions (no lock, no truncation), for retry and tests ------
 
 
+def read_header(path: Path) -> dict[str, Any]:
+    """The first line of a results file, checked; a UsageError (one line, exit 2) when the
+    file is missing, unreadable or not a results file."""
+    try:
+        with path.open("rb") as f:
+            first = f.readline()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such results file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a directory, not a results file") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        header = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict) or HEADER_KEY not in header:
+        raise UsageError(f"{path} is not a bulksync results file (its first line is no header)")
+    return header
+
+
 def read_lines(path: Path) -> Iterator[dict[str, Any]]:
     """Every outcome line of the results file at `path`, in file order (the header is checked,
     not returned). A torn last line, left by a crash mid-write, is skipped. Lines written before
     kinds existed get `"op": "people"`."""
+    header = read_header(path)
     with path.open("rb") as f:
-        header = _parse(f.readline(), path, 1)
-        if HEADER_KEY not in header:
-            raise UsageError(f"{path} is not a bulksync results file")
+        f.readline()  # the header, checked above
         for number, raw in enumerate(f, start=2):
             if not raw.endswith(b"\n"):
                 return

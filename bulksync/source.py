@@ -477,6 +477,36 @@ class _Broken:
     check_until: int
 
 
+class _Pending:
+    """The rows read for the next chunk, and when it is full."""
+
+    def __init__(self, header: list[str], max_rows: int, max_chars: int) -> None:
+        self.header, self.max_rows, self.max_chars = header, max_rows, max_chars
+        self._reset()
+
+    def _reset(self) -> None:
+        self.cells: list[list[str]] = []
+        self.rows: list[int] = []
+        self.bad: list[tuple[int, str]] = []
+        self.lines: dict[int, int] = {}
+        self.chars = 0
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.bad)
+
+    def full(self) -> bool:
+        return len(self) >= self.max_rows or self.chars >= self.max_chars
+
+    def chunk(self) -> Chunk:
+        """The rows so far as a Chunk; the next chunk starts empty."""
+        frame = pd.DataFrame(self.cells, columns=self.header, dtype="str")
+        # The frame holds the values now: free the strings (an object per cell, several times
+        # the text) before the chunk is normalized, rather than when the next one starts.
+        chunk = Chunk(frame, self.rows, self.bad, self.lines)
+        self._reset()
+        return chunk
+
+
 class _CsvReader:
     def __init__(
         self,
@@ -533,15 +563,14 @@ class _CsvReader:
         width = len(header)
         row_no = 0
         # Rows read again after a broken quote, up to line check_until, must prove themselves.
-        check_until = broken_at = 0
-        cells: list[list[str]] = []
-        rows: list[int] = []
-        bad: list[tuple[int, str]] = []
-        lines: dict[int, int] = {}
+        self.check_until = self.broken_at = 0
         limit = options.limit
         # A chunk ends at chunk_size rows, at chunk_cells cells, or past chunk_chars characters.
-        chunk_size = min(options.chunk_size, max(1, options.chunk_cells // width))
-        max_chars, chars = options.chunk_chars, 0
+        pending = _Pending(
+            header,
+            min(options.chunk_size, max(1, options.chunk_cells // width)),
+            options.chunk_chars,
+        )
         done = False
         while not done:
             # The loop over one reader; a broken quote raises csv.Error out of it, or the
@@ -556,39 +585,34 @@ class _CsvReader:
                         held.clear()
                         if quiet is None or not quiet.quiet:
                             line_no += n
-                        elif rows or bad:  # not a line: the pipe went quiet
-                            yield self._chunk(cells, header, rows, bad, lines)
-                            cells, rows, bad, lines, chars = [], [], [], {}, 0
+                        elif pending:  # not a line: the pipe went quiet
+                            yield pending.chunk()
                         continue
                     row_no += 1
-                    lines[row_no] = start
-                    chars += len(held[0]) if n == 1 else sum(map(len, held))
+                    pending.lines[row_no] = start
+                    pending.chars += len(held[0]) if n == 1 else sum(map(len, held))
                     broken = None
-                    if n > 1 or start <= check_until:  # rare: the common row is one line
+                    if n > 1 or start <= self.check_until:  # rare: the common row is one line
                         if n > 1:
                             broken = self._swallowed(fields, width, start)
-                        if start <= check_until and (
+                        if start <= self.check_until and (
                             broken is not None or not self._sound(fields, width)
                         ):
-                            raise InputError(self._unbounded(broken_at, start))
+                            raise InputError(self._unbounded(self.broken_at, start))
                     if broken is None:
                         line_no += n
                         held.clear()
                         if len(fields) != width:
                             _without_trailing_empties(fields, width)
                         if len(fields) == width:
-                            cells.append(fields)
-                            rows.append(row_no)
+                            pending.cells.append(fields)
+                            pending.rows.append(row_no)
                         else:
-                            bad.append((row_no, self._ragged(len(fields), width, unnamed)))
+                            pending.bad.append((row_no, self._ragged(len(fields), width, unnamed)))
                     else:
-                        bad.append((row_no, broken.reason))
-                        line_no, reader = self._read_again(start)
-                        if broken.check_until > check_until:
-                            check_until, broken_at = broken.check_until, start
-                    if len(rows) + len(bad) >= chunk_size or chars >= max_chars:
-                        yield self._chunk(cells, header, rows, bad, lines)
-                        cells, rows, bad, lines, chars = [], [], [], {}, 0
+                        line_no, reader = self._left_out(pending, row_no, broken, start)
+                    if pending.full():
+                        yield pending.chunk()
                     if limit is not None and row_no >= limit:
                         done = True
                         break
@@ -601,17 +625,13 @@ class _CsvReader:
                     quiet.record_done()
                 start = line_no + 1  # the record the reader gave up on started there
                 row_no += 1
-                lines[row_no] = start
-                if start <= check_until:
-                    raise InputError(self._unbounded(broken_at, start)) from None
+                pending.lines[row_no] = start
+                if start <= self.check_until:
+                    raise InputError(self._unbounded(self.broken_at, start)) from None
                 broken = self._strict_error(exc, start)
-                bad.append((row_no, broken.reason))
-                line_no, reader = self._read_again(start)
-                if broken.check_until > check_until:
-                    check_until, broken_at = broken.check_until, start
-                if len(rows) + len(bad) >= chunk_size or chars >= max_chars:
-                    yield self._chunk(cells, header, rows, bad, lines)
-                    cells, rows, bad, lines, chars = [], [], [], {}, 0
+                line_no, reader = self._left_out(pending, row_no, broken, start)
+                if pending.full():
+                    yield pending.chunk()
                 done = limit is not None and row_no >= limit
             except UnicodeDecodeError as exc:
                 lines_before = self.source.count
@@ -620,8 +640,19 @@ class _CsvReader:
                 if exc.line is None:  # a record over several lines: where it started
                     exc.line = line_no + 1
                 raise InputError(_too_long(name, exc)) from None
-        if rows or bad or row_no == 0:  # a header-only file still shows its columns
-            yield self._chunk(cells, header, rows, bad, lines)
+        if pending or row_no == 0:  # a header-only file still shows its columns
+            yield pending.chunk()
+
+    def _left_out(
+        self, pending: _Pending, row_no: int, broken: _Broken, start: int
+    ) -> tuple[int, Iterator[list[str]]]:
+        """A row with a broken quote is left out (invalid); reading starts again on the line
+        after its start, and the rows read again up to `broken.check_until` must prove
+        themselves. Returns the lines read so far and the new reader."""
+        pending.bad.append((row_no, broken.reason))
+        if broken.check_until > self.check_until:
+            self.check_until, self.broken_at = broken.check_until, start
+        return self._read_again(start)
 
     def _read_header(self, reader: Iterator[list[str]], line_no: int) -> tuple[list[str], int, int]:
         """(the column names, how many unnamed columns end the header, the header's last line)."""
@@ -660,20 +691,6 @@ class _CsvReader:
             f" not): fix the quotes on line {broken_at} (inside quotes, a quote is written"
             ' twice: "")'
         )
-
-    @staticmethod
-    def _chunk(
-        cells: list[list[str]],
-        header: list[str],
-        rows: list[int],
-        bad: list[tuple[int, str]],
-        lines: dict[int, int],
-    ) -> Chunk:
-        frame = pd.DataFrame(cells, columns=header, dtype="str")
-        # The frame holds the values now: free the strings (an object per cell, several times
-        # the text) before the chunk is normalized, rather than when the next one starts.
-        cells.clear()
-        return Chunk(frame, rows, bad, lines)
 
     # --- delimiter ---
 
