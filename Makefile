@@ -2,34 +2,49 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# One stamp per set of extras, each redone when pyproject.toml changes: `make demo` installs
+# only what running needs; `make test` adds the test tools, `make bench` and `make soak` the
+# benchmarks' clients too. So `make demo` then `make test` installs the test extras.
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: demo test lint typecheck bench soak clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,bench]'
-	touch $(STAMP)
 
-lint: $(STAMP)
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+$(BENCH_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check bulksync tests bench scripts
 	$(BIN)/ruff format --check bulksync tests bench scripts
 
-typecheck: $(STAMP)
+typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
 test: lint typecheck
 	$(BIN)/pytest
 
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	$(BIN)/python scripts/demo.py
 
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py --out docs/benchmarks.md
 
 # Minutes, not part of `make test`: faults, 429 storms, a changing limit, kill -9 and resume.
-soak: $(STAMP)
+soak: $(BENCH_STAMP)
 	$(BIN)/python bench/soak.py --out docs/reliability.md
 
 clean:

@@ -2,6 +2,9 @@
 
 from .api import SyncOptions, check, retry, sync
 from .errors import AbortError, BulksyncError, CredentialsError, InputError, UsageError
+from .job import load_job, run_job
+from .mapping import load as load_mapping
+from .mapping import normalize_options, preset
 from .normalize import NormalizeOptions, Rejection
 from .operations import KINDS, Record
 from .results import Summary
@@ -26,6 +29,11 @@ __all__ = [
     "SyncOptions",
     "UsageError",
     "check",
+    "load_job",
+    "load_mapping",
+    "normalize_options",
+    "preset",
     "retry",
+    "run_job",
     "sync",
 ]

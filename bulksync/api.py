@@ -154,6 +154,14 @@ def sync(
     )
 
 
+def check_input(input_path: str, options: SyncOptions) -> ColumnPlan:
+    """Check an input's header against the options, as sync() does before sending anything;
+    return the columns' plan. Reads the first chunk only. Raises UsageError."""
+    with contextlib.closing(read_chunks(input_path, options.source)) as chunks:
+        first = next(chunks)
+    return plan_columns(options.normalize, list(first.frame.columns))
+
+
 def retry(
     results_path: Path,
     options: SyncOptions | None = None,

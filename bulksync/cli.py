@@ -8,25 +8,36 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 import click
+import cloup
 import orjson
+from click.core import ParameterSource
+from click.exceptions import NoArgsIsHelpError
 
 from .api import SyncOptions, check, retry, sync
 from .batch import DEFAULT_BATCH_SIZE
-from .console import ProgressBar, estimate_rows, setup_logging, summary_lines
+from .console import ProgressBar, estimate_rows, job_lines, setup_logging, summary_lines
 from .errors import BulksyncError
-from .normalize import ColumnType, EmptyPolicy, NormalizeOptions
+from .mapping import PRESETS, ColumnMapping
+from .mapping import load as load_mapping
+from .mapping import normalize_options as normalize_options_of
+from .mapping import preset as load_preset
+from .normalize import EmptyPolicy
 from .operations import KINDS, PEOPLE, PLATFORMS
 from .policy import DEFAULT_MAX_WAIT
 from .results import Summary
 from .send import SendOptions, StopHandle
 from .source import DEFAULT_CHUNK_SIZE, Format, SourceOptions, input_name
 from .state import StateStore
+
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
 
 
 def _pairs(option: str, values: tuple[str, ...]) -> dict[str, str]:
@@ -43,6 +54,15 @@ def _pairs(option: str, values: tuple[str, ...]) -> dict[str, str]:
             )
         pairs[old] = new
     return pairs
+
+
+def _complete_path(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Shell completion of a path taken as text (INPUT may also be - for stdin): file names."""
+    from click.shell_completion import CompletionItem
+
+    return [CompletionItem(incomplete, type="file")]
 
 
 def _delimiter(value: str | None) -> str | None:
@@ -94,7 +114,7 @@ def connection_options(command: F) -> F:
 
 
 def send_options(command: F) -> F:
-    """How to send: shared by `sync` and `retry`."""
+    """How to send, after connection_options in the Sending group: shared by `sync` and `retry`."""
     for option in reversed(
         [
             click.option(
@@ -142,12 +162,6 @@ def send_options(command: F) -> F:
                 help="With --batch: most people per request (requests also stay under 500 KB).",
             ),
             click.option(
-                "--state",
-                type=click.Path(dir_okay=False, path_type=Path),
-                help="Diff state file (SQLite, created on first use): rows whose payload"
-                " Customer.io already accepted are 'unchanged' and not sent again.",
-            ),
-            click.option(
                 "--grace",
                 type=click.FloatRange(min=0),
                 default=10.0,
@@ -155,6 +169,22 @@ def send_options(command: F) -> F:
                 help="On Ctrl-C or SIGTERM, seconds to let requests in flight finish (a second"
                 " Ctrl-C stops at once).",
             ),
+            click.option(
+                "--yes",
+                is_flag=True,
+                help="Send the kinds that cannot be undone (deletions, suppressions, merges);"
+                " without it they send nothing. Try --dry-run first.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def output_options(command: F) -> F:
+    """What a run prints (in the Results group): shared by `sync` and `retry`."""
+    for option in reversed(
+        [
             click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary."),
             click.option(
                 "--json", "as_json", is_flag=True, help="Print the summary as one JSON object."
@@ -164,11 +194,21 @@ def send_options(command: F) -> F:
                 type=click.Path(dir_okay=False, path_type=Path),
                 help="Also log to this file, every retry included.",
             ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def state_options(command: F) -> F:
+    """The diff state (the State group): shared by `sync` and `retry`."""
+    for option in reversed(
+        [
             click.option(
-                "--yes",
-                is_flag=True,
-                help="Send the kinds that cannot be undone (deletions, suppressions, merges);"
-                " without it they send nothing. Try --dry-run first.",
+                "--state",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="Diff state file (SQLite, created on first use): rows whose payload"
+                " Customer.io already accepted are 'unchanged' and not sent again.",
             ),
         ]
     ):
@@ -229,15 +269,54 @@ def kind_options(command: F) -> F:
     return command
 
 
-class _Commands(click.Group):
+class _UsageError(click.UsageError):
+    """A click usage error (a bad option value, a missing argument, an unknown option or
+    command) shown like every other error: `bulksync: error: ...`, then where to get help."""
+
+    def show(self, file: Any = None) -> None:
+        message = self.format_message()
+        if message[:1].isupper() and message[1:2].islower():
+            message = message[0].lower() + message[1:]  # "Invalid value..." as ours: "invalid"
+        click.echo(f"bulksync: error: {message}", file=file, err=True)
+        if self.ctx is not None and self.ctx.command.get_help_option(self.ctx) is not None:
+            names = self.ctx.command.get_help_option_names(self.ctx)
+            click.echo(f"Try '{self.ctx.command_path} {max(names, key=len)}'.", file=file, err=True)
+
+
+@contextmanager
+def _usage_errors() -> Iterator[None]:
+    """Click's usage errors raised inside, re-raised as _UsageError (still exit 2)."""
+    try:
+        yield
+    except (_UsageError, NoArgsIsHelpError):
+        raise  # already restyled; or a group given no command, which prints its help
+    except click.UsageError as exc:
+        raise _UsageError(exc.format_message(), exc.ctx) from exc
+
+
+class _Commands(cloup.Group):
     """The command group: a BulksyncError from any command (a bad option value found while
-    building the options, say) is one line and an exit code, never a traceback."""
+    building the options, say) is one line and an exit code, never a traceback; click's own
+    usage errors are printed in the same style (exit 2), with where to get help."""
+
+    group_class = cloup.Group  # `state`: its help in the same format
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        with _usage_errors():  # `bulksync --nope`
+            return super().make_context(info_name, args, parent, **extra)
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except BulksyncError as exc:
-            _fail(exc)
+        with _usage_errors():  # an unknown command, a subcommand's options, its callback
+            try:
+                return super().invoke(ctx)
+            except BulksyncError as exc:
+                _fail(exc)
 
 
 @click.group(
@@ -252,93 +331,179 @@ def main() -> None:
     """
 
 
-@main.command("sync")
-@click.argument("input_path", metavar="INPUT")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["csv", "jsonl"]),
-    help="Input format. Default: from the extension (.csv .tsv .jsonl .ndjson, each optionally"
-    " .gz); for stdin, JSONL if the first character is '{', else CSV. Workbooks (.xlsx .xls"
-    " .ods), zip archives and Parquet files are recognised by their content, and refused with"
-    " what to do instead.",
+_CREDENTIALS = "Credentials: CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY, from the environment."
+
+_SYNC_EXAMPLES = """\
+Examples:
+
+\b
+  A first migration: dry-run it, see why rows are invalid, fix them, then send:
+    bulksync sync customers.csv --dry-run
+    bulksync report customers.csv.dry-run.jsonl
+    bulksync sync customers.csv
+
+\b
+  A Mailchimp audience export (each CSV of its zip), read with the preset:
+    bulksync sync subscribed_members_export_ID.csv --preset mailchimp --dry-run
+    bulksync sync subscribed_members_export_ID.csv --preset mailchimp
+
+\b
+  A nightly import: only the rows changed since last night, in batches:
+    bulksync sync customers.csv --state customers.state.db --batch \\
+      --results results/$(date +%F).jsonl
+"""
+
+
+@main.command("sync", epilog=_SYNC_EXAMPLES)
+@click.argument("input_path", metavar="INPUT", shell_complete=_complete_path)
+@cloup.option_group(
+    "Input",
+    click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["csv", "jsonl"]),
+        help="Input format. Default: from the extension (.csv .tsv .jsonl .ndjson, each optionally"
+        " .gz); for stdin, JSONL if the first character is '{', else CSV. Workbooks (.xlsx .xls"
+        " .ods), zip archives and Parquet files are recognised by their content, and refused with"
+        " what to do instead.",
+    ),
+    click.option(
+        "--encoding",
+        default="utf-8",
+        show_default=True,
+        help="Text encoding of the input, e.g. cp1252 or latin-1. A byte-order mark at the start"
+        " (UTF-8, UTF-16, UTF-32) decides instead, with a warning.",
+    ),
+    click.option(
+        "--delimiter",
+        help="CSV field delimiter, e.g. ';' or 'tab'. Default: what an Excel 'sep=X' first line"
+        " says, tab for .tsv, else ','; when ',' reads the header as one column holding ';', tab or"
+        " '|', that one (with a warning).",
+    ),
+    click.option("--limit", type=click.IntRange(min=1), help="Process only the first N rows."),
+    click.option(
+        "--chunk-size",
+        type=click.IntRange(min=1),
+        default=DEFAULT_CHUNK_SIZE,
+        show_default=True,
+        help="Rows read and normalized at a time (bounds memory).",
+    ),
 )
-@click.option(
-    "--encoding",
-    default="utf-8",
-    show_default=True,
-    help="Text encoding of the input, e.g. cp1252 or latin-1. A byte-order mark at the start"
-    " (UTF-8, UTF-16, UTF-32) decides instead, with a warning.",
+@cloup.option_group(
+    "Mapping",
+    "How each row becomes a request: its identifier, the columns sent and as what. A"
+    " --mapping file or --preset holds these; the options given here override it.",
+    click.option(
+        "--mapping",
+        "mapping_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="FILE.toml",
+        help="Read the column options (identifier, renames, types, dates, exclusions, --kind...)"
+        " from a mapping file; options given here override it. Start one with: bulksync mapping"
+        " INPUT.",
+    ),
+    click.option(
+        "--preset",
+        type=click.Choice(PRESETS),
+        help="The mapping shipped for an export of this platform (see docs/presets.md); dump it"
+        " to edit with: bulksync mapping --preset NAME.",
+    ),
+    click.option(
+        "--id-column",
+        help="Column holding the identifier used in the URL. Default: 'id' if present, else"
+        " 'email'.",
+    ),
+    click.option(
+        "--email-column",
+        help="Column whose values are checked as email addresses. Default: 'email'.",
+    ),
+    click.option(
+        "--date-column",
+        "date_columns",
+        multiple=True,
+        metavar="COL",
+        help="Convert COL to Unix seconds (repeatable). 'created_at' is always a date column.",
+    ),
+    click.option(
+        "--timezone",
+        default="UTC",
+        show_default=True,
+        help="Time zone of dates written without an offset (an IANA name like Europe/Paris).",
+    ),
+    click.option(
+        "--rename",
+        multiple=True,
+        metavar="OLD=NEW",
+        help="Send column OLD as attribute NEW (repeatable).",
+    ),
+    click.option(
+        "--exclude", multiple=True, metavar="COL", help="Do not send column COL (repeatable)."
+    ),
+    click.option(
+        "--type",
+        "types",
+        multiple=True,
+        metavar="COL=TYPE",
+        help="Send COL as int, float, bool or str (repeatable). CSV cells are strings unless"
+        " typed.",
+    ),
+    click.option(
+        "--empty",
+        type=click.Choice(["skip", "clear"]),
+        default="skip",
+        show_default=True,
+        help='Empty cells: leave the attribute untouched (skip), or send "" to clear it (clear).',
+    ),
+    click.option(
+        "--set",
+        "set_values",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Send attribute KEY with VALUE in every row (repeatable), e.g. --set"
+        " unsubscribed=true. VALUE is a string; true and false are booleans.",
+    ),
+    click.option(
+        "--snake-case/--no-snake-case",
+        default=None,
+        help="Send attribute names not renamed in snake_case ('First Name' becomes first_name).",
+    ),
+    click.option(
+        "--update-only", is_flag=True, help="Only update existing people (_update: true)."
+    ),
+    kind_options,
 )
-@click.option(
-    "--delimiter",
-    help="CSV field delimiter, e.g. ';' or 'tab'. Default: what an Excel 'sep=X' first line"
-    " says, tab for .tsv, else ','; when ',' reads the header as one column holding ';', tab or"
-    " '|', that one (with a warning).",
+@cloup.option_group(
+    "Sending",
+    _CREDENTIALS,
+    connection_options,
+    send_options,
+    click.option(
+        "--dry-run", is_flag=True, help="Validate every row and write results; send nothing."
+    ),
 )
-@click.option(
-    "--id-column",
-    help="Column holding the identifier used in the URL. Default: 'id' if present, else 'email'.",
+@cloup.option_group(
+    "Results",
+    "One line per row, with its outcome: run the same command again to resume.",
+    click.option(
+        "--results",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Results file (JSONL, one line per row). Default: INPUT.results.jsonl; for a"
+        " dry run, INPUT.dry-run.jsonl.",
+    ),
+    click.option(
+        "--fresh", is_flag=True, help="Start the results file over instead of resuming it."
+    ),
+    output_options,
 )
-@click.option(
-    "--email-column", help="Column whose values are checked as email addresses. Default: 'email'."
-)
-@click.option(
-    "--date-column",
-    "date_columns",
-    multiple=True,
-    metavar="COL",
-    help="Convert COL to Unix seconds (repeatable). 'created_at' is always a date column.",
-)
-@click.option(
-    "--timezone",
-    default="UTC",
-    show_default=True,
-    help="Time zone of dates written without an offset (an IANA name like Europe/Paris).",
-)
-@click.option(
-    "--rename", multiple=True, metavar="OLD=NEW", help="Send column OLD as attribute NEW."
-)
-@click.option(
-    "--exclude", multiple=True, metavar="COL", help="Do not send column COL (repeatable)."
-)
-@click.option(
-    "--type",
-    "types",
-    multiple=True,
-    metavar="COL=TYPE",
-    help="Send COL as int, float, bool or str. CSV cells are strings unless typed.",
-)
-@click.option(
-    "--empty",
-    type=click.Choice(["skip", "clear"]),
-    default="skip",
-    show_default=True,
-    help='Empty cells: leave the attribute untouched (skip), or send "" to clear it (clear).',
-)
-@click.option("--update-only", is_flag=True, help="Only update existing people (_update: true).")
-@click.option(
-    "--results",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Results file (JSONL, one line per row). Default: INPUT.results.jsonl.",
-)
-@click.option("--dry-run", is_flag=True, help="Validate every row and write results; send nothing.")
-@click.option("--fresh", is_flag=True, help="Start the results file over instead of resuming it.")
-@click.option(
-    "--full",
-    is_flag=True,
-    help="With --state: send every row, changed or not, and refresh the state.",
-)
-@kind_options
-@connection_options
-@send_options
-@click.option("--limit", type=click.IntRange(min=1), help="Process only the first N rows.")
-@click.option(
-    "--chunk-size",
-    type=click.IntRange(min=1),
-    default=DEFAULT_CHUNK_SIZE,
-    show_default=True,
-    help="Rows read and normalized at a time (bounds memory).",
+@cloup.option_group(
+    "State",
+    "For nightly imports: send only the rows that changed since Customer.io accepted them.",
+    state_options,
+    click.option(
+        "--full",
+        is_flag=True,
+        help="With --state: send every row, changed or not, and refresh the state.",
+    ),
 )
 def sync_command(
     input_path: str,
@@ -376,6 +541,10 @@ def sync_command(
     limit: int | None,
     chunk_size: int,
     kind: str,
+    mapping_path: Path | None,
+    preset: str | None,
+    set_values: tuple[str, ...],
+    snake_case: bool | None,
     **roles: str | None,
 ) -> None:
     """Send every row of INPUT (a CSV or JSONL file, or - for stdin) to Customer.io.
@@ -389,28 +558,47 @@ def sync_command(
     With --dry-run nothing is sent: each row is checked and its results line says 'valid' (with
     the exact payload that would be sent) or 'invalid' (with the reason).
     """
+    ctx = click.get_current_context()
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+
+    column_mapping = _column_mapping(mapping_path, preset)
+    source = column_mapping.source if column_mapping else {}
+    normalize_options = normalize_options_of(
+        column_mapping,
+        {
+            name: value
+            for name, value in (
+                ("id_column", id_column),
+                ("email_column", email_column),
+                ("date_columns", date_columns),
+                ("timezone", timezone),
+                ("rename", _pairs("--rename", rename)),
+                ("exclude", frozenset(exclude)),
+                ("types", _pairs("--type", types)),
+                ("empty", empty),
+                ("update_only", update_only),
+                ("kind", kind),
+                ("role_columns", _given(roles, constants=False)),
+                ("constants", _given(roles, constants=True)),
+                ("attributes", _attributes(set_values)),
+                ("snake_case", snake_case),
+            )
+            # Only what was given: a default must not override the mapping's value.
+            if (given(name) if name in _DEFAULTED else value)
+        },
+    )
+    kind = normalize_options.kind
     options = SyncOptions(
         source=SourceOptions(
-            format=fmt,
-            encoding=encoding,
-            delimiter=_delimiter(delimiter),
+            format=fmt if given("fmt") else cast(Format | None, source.get("format")),
+            encoding=encoding if given("encoding") else source.get("encoding", encoding),
+            delimiter=_delimiter(delimiter if given("delimiter") else source.get("delimiter")),
             chunk_size=chunk_size,
             limit=limit,
         ),
-        normalize=NormalizeOptions(
-            id_column=id_column,
-            email_column=email_column,
-            date_columns=date_columns,
-            timezone=timezone,
-            rename=_pairs("--rename", rename),
-            exclude=frozenset(exclude),
-            types=cast(dict[str, ColumnType], _pairs("--type", types)),
-            empty=empty,
-            update_only=update_only,
-            kind=kind,
-            role_columns=_given(roles, constants=False),
-            constants=_given(roles, constants=True),
-        ),
+        normalize=normalize_options,
         send=_send_options(
             rate, concurrency, max_retries, timeout, region, base_url, batch, batch_size, max_wait
         ),
@@ -438,13 +626,19 @@ def sync_command(
 
 @main.command("retry")
 @click.argument("results_path", metavar="RESULTS", type=click.Path(path_type=Path))
-@click.option(
-    "--all-failed",
-    is_flag=True,
-    help="Also re-send rows the API refused (400), e.g. after fixing the workspace's settings.",
+@cloup.option_group(
+    "Sending",
+    _CREDENTIALS,
+    click.option(
+        "--all-failed",
+        is_flag=True,
+        help="Also re-send rows the API refused (400), e.g. after fixing the workspace's settings.",
+    ),
+    connection_options,
+    send_options,
 )
-@connection_options
-@send_options
+@cloup.option_group("Results", "New outcomes are appended to RESULTS.", output_options)
+@cloup.option_group("State", state_options)
 def retry_command(
     results_path: Path,
     all_failed: bool,
@@ -502,6 +696,31 @@ def _given(roles: dict[str, str | None], *, constants: bool) -> dict[str, str]:
     }
 
 
+# Column options with a default value (or --no-X): given only when the command line says so.
+_DEFAULTED = ("timezone", "empty", "kind", "snake_case")
+
+
+def _column_mapping(path: Path | None, preset: str | None) -> ColumnMapping | None:
+    if path is not None and preset is not None:
+        raise click.UsageError("--mapping and --preset: give one or the other")
+    if path is not None:
+        return load_mapping(path)
+    return load_preset(preset) if preset else None
+
+
+def _attributes(values: tuple[str, ...]) -> dict[str, str | bool]:
+    """--set KEY=VALUE: VALUE as a string, but true and false as booleans (a mapping file's
+    [set] table keeps TOML's types, for numbers)."""
+    attributes: dict[str, str | bool] = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        key, text = key.strip(), text.strip()  # "plan = gold" means plan and gold, as in TOML
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} is not of the form KEY=VALUE", param_hint="--set")
+        attributes[key] = {"true": True, "false": False}.get(text, text)
+    return attributes
+
+
 def _send_options(
     rate: float,
     concurrency: int | None,
@@ -526,6 +745,17 @@ def _send_options(
     )
 
 
+def _stop_on_signals(stop: StopHandle) -> None:
+    def on_signal(signum: int, frame: object) -> None:
+        # While rows are being sent, SIGINT/SIGTERM stop gracefully (a second one at once);
+        # before or after that, they end the run like Ctrl-C, with exit 3.
+        if not stop.stop():
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
 def _run(
     verb: str,
     subject: str,
@@ -539,15 +769,7 @@ def _run(
     """Run a sync or retry with a progress bar on a terminal; print the summary; exit."""
     setup_logging(log_file, quiet)
     stop = StopHandle()
-
-    def on_signal(signum: int, frame: object) -> None:
-        # While rows are being sent, SIGINT/SIGTERM stop gracefully (a second one at once);
-        # before or after that, they end the run like Ctrl-C, with exit 3.
-        if not stop.stop():
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    _stop_on_signals(stop)
     bar = not (quiet or as_json) and sys.stderr.isatty()
     try:
         # The bar is labelled with the verb alone: an 80-column terminal must still show the
@@ -565,6 +787,84 @@ def _run(
         click.echo("\n".join(summary_lines(f"{verb} of {subject}", summary)))
     if summary.rows == 0 and not summary.interrupted:
         click.echo("bulksync: warning: no rows", err=True)
+    sys.exit(summary.exit_code)
+
+
+@main.command("run")
+@click.argument("job_path", metavar="JOB.toml", type=click.Path(path_type=Path))
+@click.option(
+    "--dry-run", is_flag=True, help="Check every step's rows and write results; send nothing."
+)
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Start the job over instead of resuming an unfinished run of it.",
+)
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Let every step send the kinds that cannot be undone (or set yes = true per step).",
+)
+@click.option(
+    "--base-url",
+    envvar="BULKSYNC_BASE_URL",
+    help="Track API base URL instead of the region's, e.g. a local simulator"
+    " (env BULKSYNC_BASE_URL).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars, no summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also log to this file, every retry included.",
+)
+def run_command(
+    job_path: Path,
+    dry_run: bool,
+    fresh: bool,
+    yes: bool,
+    base_url: str | None,
+    quiet: bool,
+    as_json: bool,
+    log_file: Path | None,
+) -> None:
+    """Run the steps of a job file in order: one sync each (an input, its kind and mapping).
+
+    The whole file is checked before anything is sent (every key, each step's mapping against
+    its input's header). A step that stops (exit 2 or 3) stops the job; the same command then
+    resumes it at that step (finished steps are not run again). Once every step has run, the
+    next run starts the job over: the next night's files. Exit code: the stopped step's, else
+    1 if a row failed or was invalid in any step, else 0.
+
+    Credentials come from the environment, never from the file. See the README, "Nightly
+    cron, several files", and samples/nightly.toml.
+    """
+    from .job import Step, StepResult, load_job, run_job
+
+    setup_logging(log_file, quiet)
+    stop = StopHandle()
+    _stop_on_signals(stop)
+    bar = not (quiet or as_json) and sys.stderr.isatty()
+
+    def progress(step: Step) -> ProgressBar:
+        return ProgressBar(None, bar, step.name)
+
+    def on_step(result: StepResult) -> None:
+        if result.error and not as_json:
+            click.echo(f"bulksync: error: step {result.step.name}: {result.error}", err=True)
+
+    try:
+        job = load_job(job_path, base_url=base_url, dry_run=dry_run)
+        summary = run_job(job, fresh=fresh, yes=yes, progress=progress, stop=stop, on_step=on_step)
+    except BulksyncError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        click.echo("bulksync: interrupted; run the same command to resume the job", err=True)
+        sys.exit(3)
+    if as_json:
+        click.echo(orjson.dumps(summary.as_dict()).decode())
+    elif not quiet:
+        click.echo("\n".join(job_lines(summary)))
     sys.exit(summary.exit_code)
 
 
@@ -630,6 +930,59 @@ def state_forget_command(path: Path, identifiers: tuple[str, ...]) -> None:
     click.echo(f"forgot {known} of {len(identifiers)} identifiers")
 
 
+@main.command("mapping")
+@click.argument("input_path", metavar="[INPUT]", required=False, shell_complete=_complete_path)
+@click.option("--preset", type=click.Choice(PRESETS), help="Write this preset instead.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File to write. Default: standard output.",
+)
+@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), help="As given to sync.")
+@click.option("--encoding", default="utf-8", show_default=True, help="As given to sync.")
+@click.option("--delimiter", help="As given to sync.")
+def mapping_command(
+    input_path: str | None,
+    preset: str | None,
+    output: Path | None,
+    force: bool,
+    fmt: Format | None,
+    encoding: str,
+    delimiter: str | None,
+) -> None:
+    """Write a mapping file to edit, for sync --mapping: from INPUT's header, or a --preset.
+
+    From INPUT: every column listed under the name it would be sent as (snake_case), date and
+    email columns guessed from the header and the first rows, the identifier column named.
+    Review it, then: bulksync sync INPUT --mapping FILE.toml --dry-run.
+    """
+    from .mapping import preset_text, starter_for
+    from .report import shell_word
+
+    if (input_path is None) == (preset is None):
+        raise click.UsageError("give an INPUT to map, or a --preset to write (one of them)")
+    if preset is not None:
+        text = preset_text(preset)
+    else:
+        assert input_path is not None
+        source = SourceOptions(format=fmt, encoding=encoding, delimiter=_delimiter(delimiter))
+        text = starter_for(input_path, source)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        with output.open("w" if force else "x", encoding="utf-8") as file:
+            file.write(text)
+    except FileExistsError:
+        raise click.UsageError(f"{output} exists; pass --force to overwrite it") from None
+    except OSError as exc:
+        raise click.UsageError(f"cannot write {output}: {exc.strerror}") from None
+    then = f"bulksync sync {shell_word(input_path or 'INPUT')} --mapping {shell_word(str(output))}"
+    click.echo(f"wrote {output}; edit it, then: {then} --dry-run")
+
+
 @main.command("report")
 @click.argument("results_path", metavar="RESULTS", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
@@ -668,6 +1021,7 @@ def report_command(results_path: Path, as_json: bool) -> None:
     "--input",
     "input_path",
     metavar="PATH",
+    shell_complete=_complete_path,
     help="The input the results are of. Default: the path the results file names (relative to"
     " where bulksync ran). Needed when the run read standard input.",
 )

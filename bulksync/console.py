@@ -18,7 +18,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TextIO
+from typing import TYPE_CHECKING, Self, TextIO
 
 from tqdm import tqdm
 
@@ -28,6 +28,9 @@ from .operations import KINDS
 from .report import shell_word
 from .results import STATUSES, Summary
 from .source import is_stream
+
+if TYPE_CHECKING:
+    from .job import JobSummary
 
 log = logging.getLogger("bulksync")
 ROW_FAILURES_SHOWN = 10  # rows' final failures shown on stderr; the rest are counted
@@ -239,4 +242,45 @@ def summary_lines(what: str, summary: Summary) -> list[str]:
         if KINDS[summary.op].irreversible:
             how += " and with --yes"
         lines.append(f"next: every row is valid; run again {how} to send")
+    return lines
+
+
+def job_lines(summary: JobSummary) -> list[str]:
+    """A job's summary: one line per step (rows, ok, failed, invalid, unchanged), then what to
+    do next."""
+    what = "dry run" if summary.dry_run else "run"
+    ok = "valid" if summary.dry_run else "ok"
+    header = ("step", "kind", "status", "rows", ok, "failed", "invalid", "unchanged")
+    rows = [
+        (
+            r.step.name,
+            r.step.options.normalize.kind,
+            r.status,
+            *(f"{r.summary.get(k, 0):,}" if r.summary else "-" for k in header[3:]),
+        )
+        for r in summary.steps
+    ]
+    widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
+    lines = [
+        f"bulksync: {what} of {summary.job}: {len(summary.steps)} steps in {summary.elapsed:.1f}s"
+    ]
+    for row in (header, *rows):
+        cells = [
+            str(c).ljust(w) if i < 3 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  " + "  ".join(cells).rstrip())
+    stopped = next((r for r in summary.steps if r.status == "stopped"), None)
+    if stopped is not None:
+        then = "fix what the error says, then run" if stopped.exit_code == 2 else "run"
+        lines.append(
+            f"  stopped at step {stopped.step.name} (exit {stopped.exit_code}): {then} the same"
+            " command to resume the job there"
+        )
+    for r in summary.steps:
+        results = shell_word(str(r.summary.get("results")))
+        if r.summary.get("failed"):
+            lines.append(f"  step {r.step.name}: bulksync retry {results} re-sends its failed rows")
+        if r.summary.get("invalid"):
+            lines.append(f"  step {r.step.name}: bulksync rejects {results} writes rows to fix")
     return lines

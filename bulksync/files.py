@@ -11,6 +11,7 @@ it; directories on the way are the user's to choose, and are followed.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 from pathlib import Path
@@ -51,4 +52,21 @@ def open_private(path: Path, flags: int, what: str) -> int:
         raise UsageError(f"{path} is not a regular file: choose another path for the {what}")
     os.set_blocking(fd, True)
     os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that already existed
+    return fd
+
+
+def take_lock(path: Path, busy: str) -> int:
+    """Lock PATH.lock for this process (the lock sits beside the resolved path, so two paths to
+    one file share one lock); if another process holds it, refuse with `busy` and its pid. The
+    kernel releases the lock when its process dies: a killed run leaves no stale lock."""
+    resolved = path.resolve()
+    fd = open_private(resolved.with_name(resolved.name + ".lock"), os.O_RDWR, "lock file")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UsageError(f"{busy} (pid {holder}); wait for it to finish") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

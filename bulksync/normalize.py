@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple, cast, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -71,6 +71,14 @@ class NormalizeOptions:
     kind: str = PEOPLE  # the operation each row becomes: a key of operations.KINDS
     role_columns: Mapping[str, str] = field(default_factory=dict)  # role -> column (--event-column)
     constants: Mapping[str, str] = field(default_factory=dict)  # role -> value (--event-name)
+    attributes: Mapping[str, Any] = field(default_factory=dict)  # --set: sent with every row
+    snake_case: bool = False  # names not renamed are sent in snake_case ("First Name": first_name)
+    # A mapping file's: column -> attributes added to each row whose cell is not empty.
+    when_filled: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # A mapping file's columns that an input may lack (a preset's: exports vary), and where each
+    # column is named, for messages ("mailchimp.toml line 12").
+    optional_columns: frozenset[str] = frozenset()
+    origins: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Checked here, where the options are built: a bad value must fail before the results
@@ -102,6 +110,57 @@ class NormalizeOptions:
                 )
         if self.empty not in get_args(EmptyPolicy):
             raise UsageError(f"--empty {self.empty!r}: must be skip or clear")
+        # Each attribute given for every row (--set, a mapping's [set]) or for the rows that
+        # fill a column (when_filled), with where it was given, for messages.
+        added = [(f"--set {name}", name, value) for name, value in self.attributes.items()]
+        for column, flags in self.when_filled.items():
+            where = f"{self.origins.get(column, 'the mapping')}: {column}: when_filled"
+            added += [(f"{where} {name}", name, value) for name, value in flags.items()]
+        if added and not kind.data:
+            raise UsageError(f"{added[0][0]}: --kind {kind.name} sends no attributes")
+        for label, name, value in added:
+            problem = _constant_problem(name, value, kind.attribute_limits)
+            if problem is None and kind.name == PEOPLE:
+                problem = _person_attribute_problem(name, value)
+            if problem:
+                raise UsageError(f"{label}: {problem}")
+
+
+def _constant_problem(name: str, value: Any, limits: bool) -> str | None:
+    """Why an attribute given for every row (--set, when_filled) cannot be sent, or None."""
+    if not name:
+        return "the attribute name is empty"
+    if limits and len(name.encode()) > MAX_NAME_BYTES:
+        return f"the name is longer than {MAX_NAME_BYTES} bytes"
+    if type(value) is str:
+        if "\x00" in value:
+            return "the value contains a NUL character"
+        if limits and len(value.encode()) > MAX_VALUE_BYTES:
+            return f"the value is longer than {MAX_VALUE_BYTES} bytes"
+    elif type(value) is float:
+        if not np.isfinite(value):
+            return "the value is not a finite number"
+    elif type(value) is int:
+        if value not in _INT_RANGE:
+            return "the value is an integer too large to send"
+    elif type(value) is not bool:
+        return "the value must be a string, a number or a boolean"
+    return None
+
+
+def _person_attribute_problem(name: str, value: Any) -> str | None:
+    """What Customer.io would take amiss in a person's attribute given for every row: an `id`
+    (it must be the row's identifier, which differs from row to row: Customer.io logs a failure
+    while still answering 200), or an `email` that is not an address (as an email column's
+    cells are checked)."""
+    if name == "id":
+        return (
+            "an 'id' attribute must be each row's identifier; name the identifier column"
+            " with --id-column instead"
+        )
+    if name == "email" and type(value) is str and (problem := email_problem(value)):
+        return f"invalid email {_short(value)}: {problem}"
+    return None
 
 
 def _role_option(name: str, constant: bool) -> str:
@@ -126,7 +185,7 @@ class ColumnPlan:
     roles: Mapping[str, str] = field(default_factory=dict)  # column -> the kind's role it plays
 
     def output_name(self, column: str) -> str:
-        return self.options.rename.get(column, column)
+        return _output_name(self.options, column)
 
     def is_email(self, column: str) -> bool:
         """Is `column` checked as email addresses: named by --email-column, or called like an
@@ -149,14 +208,47 @@ class ColumnPlan:
         return MAX_VALUE_BYTES if self.kind.attribute_limits else None
 
 
+def snake_case(name: str) -> str:
+    """`First Name` -> first_name, `OPTIN_TIME` -> optin_time, `lastName` -> last_name,
+    `State / Region` -> state_region. A name with no letter or digit is kept as it is."""
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name)
+    snake = re.sub(r"[\W_]+", "_", spaced).strip("_").lower()
+    return snake or name
+
+
+def _output_name(options: NormalizeOptions, column: str) -> str:
+    """The attribute name a column is sent as: its --rename, else itself (in snake_case with
+    --snake-case)."""
+    name = options.rename.get(column)
+    if name is not None:
+        return name
+    return snake_case(column) if options.snake_case else column
+
+
 def plan_columns(options: NormalizeOptions, columns: list[str]) -> ColumnPlan:
     """Check the options against the input's columns; raise UsageError naming what is wrong."""
     found = f"columns found: {', '.join(columns) or '(none)'}"
     present = set(columns)
+    absent = options.optional_columns - present
+    if absent:  # a preset's column this export lacks: nothing to do with it
+        options = replace(
+            options,
+            date_columns=tuple(c for c in options.date_columns if c not in absent),
+            rename={k: v for k, v in options.rename.items() if k not in absent},
+            exclude=options.exclude - absent,
+            types={k: v for k, v in options.types.items() if k not in absent},
+            when_filled={k: v for k, v in options.when_filled.items() if k not in absent},
+            email_column=None if options.email_column in absent else options.email_column,
+        )
 
     def require(name: str, option: str) -> None:
-        if name not in present:
-            raise UsageError(f"{option} {name!r}: no such column in the input ({found})")
+        if name in present:
+            return
+        origin = options.origins.get(name)
+        if origin is not None:
+            hint = "; name the identifier with --id-column" if option == "--id-column" else ""
+            raise UsageError(f"{origin}: column {name!r} is not in the input{hint} ({found})")
+        raise UsageError(f"{option} {name!r}: no such column in the input ({found})")
 
     kind = KINDS[options.kind]
     roles = _plan_roles(kind, options, present, found)
@@ -185,6 +277,8 @@ def plan_columns(options: NormalizeOptions, columns: list[str]) -> ColumnPlan:
         require(name, "--rename")
     for name in options.exclude:
         require(name, "--exclude")
+    for name in options.when_filled:
+        require(name, "when_filled")
     if id_column is not None and id_column in roles:
         raise UsageError(
             f"column {id_column!r} cannot be both the identifier and the {roles[id_column]}"
@@ -192,7 +286,7 @@ def plan_columns(options: NormalizeOptions, columns: list[str]) -> ColumnPlan:
     # `created_at` is a date as sent: the column renamed to it, or the one of that name left as
     # is, even when absent here (a JSONL key may first appear in a later chunk).
     dates = set(options.date_columns)
-    dates |= {c for c in columns if options.rename.get(c) == "created_at"}
+    dates |= {c for c in columns if _output_name(options, c) == "created_at"}
     if "created_at" not in options.rename:
         dates.add("created_at")
     dates |= {column for column, role in roles.items() if _role(kind, role).date}
@@ -206,14 +300,42 @@ def plan_columns(options: NormalizeOptions, columns: list[str]) -> ColumnPlan:
     ]
     if kind.name != PEOPLE:
         sent = [c for c in sent if c != id_column] if kind.data else []
-    outputs = [options.rename.get(c, c) for c in sent]
+    outputs = [_output_name(options, c) for c in sent]
     clashes = sorted({o for o in outputs if outputs.count(o) > 1})
     if clashes:
-        raise UsageError(f"after --rename, two columns would be named {clashes[0]!r}")
-    id_output = options.rename.get(id_column, id_column) if id_column else None
+        both = [c for c in sent if _output_name(options, c) == clashes[0]]
+        raise UsageError(
+            f"columns {both[0]!r} and {both[1]!r} would both be sent as {clashes[0]!r};"
+            " --rename or --exclude one of them"
+        )
+    for name in options.attributes:
+        if name in outputs:
+            column = sent[outputs.index(name)]
+            raise UsageError(
+                f"--set {name}: column {column!r} is also sent as {name!r}; pass --exclude"
+                f" {column} to send the --set value, or leave --set {name} out"
+            )
+    for flagged, flags in options.when_filled.items():
+        # The cell would be overwritten in the rows filling `flagged`, and sent in the others.
+        for name in flags:
+            if name in outputs:
+                column = sent[outputs.index(name)]
+                where = options.origins.get(flagged, "the mapping")
+                raise UsageError(
+                    f"{where}: {flagged}: when_filled {name}: column {column!r} is also sent as"
+                    f" {name!r}; exclude or rename one of them"
+                )
+    id_output = _output_name(options, id_column) if id_column else None
     if kind.name == PEOPLE and "id" in outputs and id_output != "id":
         # An `id` attribute that differs from the path identifier makes Customer.io log a
         # failure while still answering 200: never send one unless it is the identifier.
+        column = sent[outputs.index("id")]
+        if column != "id":  # renamed to id, or "ID" in snake_case: --exclude id would not do
+            raise UsageError(
+                f"the identifier is column {id_column!r} but column {column!r} would be sent as"
+                " 'id'; to identify people by it, name it with --id-column (id_column in a"
+                " mapping), or send it under another name"
+            )
         raise UsageError(
             f"the identifier is column {id_column!r} but an 'id' column would also be sent;"
             " pass --exclude id, or --rename id=OTHER_NAME"
@@ -249,6 +371,10 @@ def _plan_roles(
             continue
         column = options.role_columns.get(role.name)
         if column is not None and column not in present:
+            if column in options.origins:  # named by a mapping file: its line, not the option
+                raise UsageError(
+                    f"{options.origins[column]}: column {column!r} is not in the input ({found})"
+                )
             raise UsageError(f"{role.option} {column!r}: no such column in the input ({found})")
         if column is None:
             column = role.name
@@ -276,6 +402,7 @@ def normalize(chunk: Chunk, plan: ColumnPlan) -> list[Record | Rejection]:
     outputs: dict[str, Objects] = {}
     role_values: dict[str, Objects] = {}
     id_values: Objects = np.full(n, None, dtype=object)
+    filled: dict[str, Mask] = {}
     for column in frame.columns:
         if column in BULKSYNC_COLUMNS:
             continue  # a rejects file's own columns, fixed and synced: never data
@@ -284,6 +411,12 @@ def normalize(chunk: Chunk, plan: ColumnPlan) -> list[Record | Rejection]:
             continue  # a deletion sends the identifier alone: other columns are not checked
         s = frame[column]
         missing = _missing(s)
+        if column in opts.when_filled:
+            filled[column] = ~(missing | _blank(s))
+        if column in opts.exclude and role is None and column != plan.id_column:
+            # Never sent, so never checked: a column is excluded for holding what cannot be
+            # sent as often as not (long notes, a JSON array), and must not reject its rows.
+            continue
         values, errors = _convert(column, s, missing, plan)
         _first_reason(reasons, errors)
         if column == plan.id_column:
@@ -317,7 +450,9 @@ def normalize(chunk: Chunk, plan: ColumnPlan) -> list[Record | Rejection]:
     if plan.id_column is not None:
         ids, id_errors = _identifiers(plan.id_column, id_values)
         _first_reason(reasons, id_errors)
-    extra = 1 if opts.update_only else 0
+    added = _added(opts.attributes, opts.when_filled, filled, n)
+    extra = (1 if opts.update_only else 0) + len(opts.attributes)
+    extra += sum(len(flags) for flags in opts.when_filled.values())
     if kind.attribute_limits and len(outputs) + extra > MAX_ATTRIBUTES:
         counts = sum((pd.notna(v) for v in outputs.values()), np.zeros(n, dtype=np.int64)) + extra
         message = f"more than {MAX_ATTRIBUTES} attributes in one row"
@@ -330,13 +465,15 @@ def normalize(chunk: Chunk, plan: ColumnPlan) -> list[Record | Rejection]:
     role_cells = [role_values[k].tolist() for k in role_names]
     roles_by_row = zip(*role_cells, strict=True) if role_cells else itertools.repeat((), n)
     result: list[Record | Rejection] = []
-    for row, reason, identifier, cells, role_row in zip(
-        chunk.rows, reasons.tolist(), ids.tolist(), cells_by_row, roles_by_row, strict=True
+    for row, reason, identifier, cells, role_row, more in zip(
+        chunk.rows, reasons.tolist(), ids.tolist(), cells_by_row, roles_by_row, added, strict=True
     ):
         if reason is not None:
             result.append(Rejection(row, identifier, reason))
             continue
         data = {k: v for k, v in zip(names, cells, strict=True) if v is not None}
+        if more:
+            data.update(more)
         if kind.name == PEOPLE:  # the common case, kept free of the kind's building
             if opts.update_only:
                 data["_update"] = True
@@ -363,6 +500,25 @@ def normalize(chunk: Chunk, plan: ColumnPlan) -> list[Record | Rejection]:
     return result
 
 
+def _added(
+    attributes: Mapping[str, Any],
+    when_filled: Mapping[str, Mapping[str, Any]],
+    filled: dict[str, Mask],
+    n: int,
+) -> Iterable[Mapping[str, Any] | None]:
+    """Per row, the attributes sent besides its cells: a mapping's `when_filled` attributes of
+    the columns it fills, then --set's (which win)."""
+    if not when_filled:
+        return itertools.repeat(attributes or None, n)
+    rows: list[dict[str, Any]] = [{} for _ in range(n)]
+    for column, flags in when_filled.items():
+        for i in np.flatnonzero(filled.get(column, np.zeros(n, dtype=bool))):
+            rows[i].update(flags)
+    for row in rows:
+        row.update(attributes)
+    return rows
+
+
 # --- per-column conversion -------------------------------------------------------------------
 # Each converter takes a column and its missing mask, and returns (values, errors): an object
 # array of what to send (None where nothing is sent) and one of reasons (None where the cell is
@@ -385,6 +541,14 @@ def _convert(column: str, s: pd.Series, missing: Mask, plan: ColumnPlan) -> tupl
 
 def _missing(s: pd.Series) -> Mask:
     return cast(Mask, (s.isna() | (s == "")).to_numpy(dtype=bool))
+
+
+def _blank(s: pd.Series) -> Mask:
+    """Cells of spaces only: for `when_filled`, as empty as "" (an export pads its cells; a
+    padded empty UNSUB_TIME must not mark its person unsubscribed)."""
+    if s.dtype == object:  # JSONL: strings among other JSON values
+        return np.fromiter((type(v) is str and not v.strip() for v in s.tolist()), bool, len(s))
+    return cast(Mask, (s.str.strip() == "").to_numpy(dtype=bool, na_value=False))
 
 
 def _first_reason(reasons: Objects, new: Objects) -> None:
@@ -606,6 +770,13 @@ def _dates(
         values,
     )
     return out, errors
+
+
+def share_of_dates(cells: list[str]) -> float:
+    """The share of these cells that read as dates (for guessing a column's type)."""
+    s = pd.Series(cells, dtype="str")
+    _, errors = _dates("", s, _missing(s), None)
+    return float(pd.isna(errors).mean()) if len(cells) else 0.0
 
 
 def _epoch_seconds(numbers: pd.Series) -> npt.NDArray[np.float64]:

@@ -16,7 +16,6 @@ when its process dies, so a killed run never leaves a stale lock behind.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 from collections import Counter
@@ -30,7 +29,7 @@ from typing import Any, BinaryIO, Literal, Self, TypeGuard
 import orjson
 
 from .errors import OutputError, UsageError
-from .files import check_output, open_private
+from .files import check_output, open_private, take_lock
 from .operations import PEOPLE
 
 Status = Literal["ok", "failed", "invalid", "unchanged", "valid"]
@@ -215,7 +214,7 @@ class ResultsLog:
         self.resumed = 0  # rows that already had an outcome when the file was opened
         self._status = bytearray()
         check_output(path, "results file")  # before reading it, too: a link is not ours
-        self._lock = _take_lock(path)
+        self._lock = take_lock(path, f"{path} is in use by another bulksync run")
         try:
             if not fresh and path.exists() and path.stat().st_size > 0:
                 self._file = self._resume(identity)
@@ -355,25 +354,6 @@ def _parse(raw: bytes, path: Path, number: int) -> dict[str, Any]:
 
 def _open_private(path: Path, flags: int) -> BinaryIO:
     return os.fdopen(open_private(path, os.O_WRONLY | flags, "results file"), "wb")
-
-
-def _take_lock(path: Path) -> int:
-    """Lock RESULTS.lock for this process; refuse, naming the holder, if another run has it.
-    The lock sits beside the resolved results file, so two paths to one file share one lock."""
-    resolved = path.resolve()
-    lock_path = resolved.with_name(resolved.name + ".lock")
-    fd = open_private(lock_path, os.O_RDWR, "lock file")
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise UsageError(
-            f"{path} is in use by another bulksync run (pid {holder}); wait for it to finish"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 @dataclass

@@ -3,7 +3,9 @@ it holds at the end.
 
 The steps are those of a team leaving Braze and Mailchimp, in the order a migration runs: the
 companies (objects), the people, the duplicates merged, who belongs to which company
-(relationships), push devices, purchase events, and the Mailchimp unsubscribes (suppressions).
+(relationships), push devices, purchase events, and the Mailchimp unsubscribes (marked
+unsubscribed with the Mailchimp preset, or suppressed). Then the nightly import that follows a
+migration: a job file of four steps (`bulksync run`), run on two nights.
 Some sample rows are deliberately bad, so a step can end with exit code 1 and their reasons in
 its results file.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -83,10 +86,33 @@ STEPS = [
         bad_rows="1 bad row: an event without a name",
     ),
     Step(
-        "Mailchimp unsubscribes: delete and suppress each address (cannot be undone: --yes)",
+        "Mailchimp's unsubscribed export as it is: each person kept, unsubscribed: true",
         "samples/unsubscribes.csv",
-        ("--kind", "suppressions", "--id-column", "Email Address", "--yes"),
+        ("--preset", "mailchimp"),
     ),
+    Step(
+        "or delete and suppress each of those addresses instead (cannot be undone: --yes)",
+        "samples/unsubscribes.csv",
+        (
+            "--kind",
+            "suppressions",
+            "--id-column",
+            "Email Address",
+            "--yes",
+            "--results",
+            "samples/unsubscribes.suppressions.results.jsonl",
+        ),
+    ),
+]
+# The nightly import after the migration: four files, in order, from one job file; run twice,
+# as two nights with nothing changed in between.
+JOB = "samples/nightly.toml"
+NIGHTS = [
+    (
+        "the nightly job: companies, people, memberships, events, in order (bulksync run)",
+        ("--fresh",),
+    ),
+    ("the next night, the same files: every row unchanged, nothing sent", ()),
 ]
 
 
@@ -135,11 +161,16 @@ def main() -> int:
             "CUSTOMERIO_API_KEY": API_KEY,
             "BULKSYNC_BASE_URL": url,
         }
-        for number, step in enumerate(STEPS, 1):
-            arguments = ["sync", step.input, *step.options, "--fresh"]
-            print(f"{number}. {step.what}", flush=True)
-            if step.bad_rows:
-                print(f"   (the sample has {step.bad_rows}: exit code 1 is expected)")
+        commands = [
+            (step.what, ["sync", step.input, *step.options, "--fresh"], step.bad_rows)
+            for step in STEPS
+        ]
+        shutil.rmtree(ROOT / "samples" / "nightly-state", ignore_errors=True)  # a first night
+        commands += [(what, ["run", JOB, *options], "") for what, options in NIGHTS]
+        for number, (what, arguments, bad_rows) in enumerate(commands, 1):
+            print(f"{number}. {what}", flush=True)
+            if bad_rows:
+                print(f"   (the sample has {bad_rows}: exit code 1 is expected)")
             print("$", shlex.join(["bulksync", *arguments]), flush=True)
             command = [sys.executable, "-m", "bulksync", *arguments]
             code = subprocess.run(command, env=env, cwd=ROOT).returncode

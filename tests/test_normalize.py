@@ -789,7 +789,7 @@ def test_keys_first_seen_in_a_later_chunk_get_the_same_treatment() -> None:
         (["id"], {"types": {"n": "int"}}, "--type 'n': no such column"),
         (["id"], {"rename": {"a": "b"}}, "--rename 'a': no such column"),
         (["id"], {"exclude": frozenset({"a"})}, "--exclude 'a': no such column"),
-        (["id", "a", "b"], {"rename": {"a": "b"}}, "two columns would be named 'b'"),
+        (["id", "a", "b"], {"rename": {"a": "b"}}, "columns 'a' and 'b' would both be sent as 'b'"),
         (["id"], {"timezone": "Mars/Olympus"}, "--timezone 'Mars/Olympus': unknown time zone"),
         (["id"], {"timezone": "America"}, "--timezone 'America': unknown time zone"),
         (["id"], {"timezone": "../../etc/passwd"}, "unknown time zone"),
