@@ -983,6 +983,83 @@ def bench_memory(quick: bool) -> list[str]:
     return blocks
 
 
+# --- startup: how long a command takes before it does anything --------------------------------
+
+STARTUP_RATIO_TARGET = 3.0  # whole-process wall time over `python -c "import click"`
+
+
+def bench_startup(quick: bool) -> list[str]:
+    """Whole-process wall time of `bulksync --help`, `bulksync sync --help` and `bulksync check`
+    (against the simulator), each over `python -c "import click"` measured in the same rounds:
+    goal <= 3x each."""
+    rounds = 3 if quick else 7
+    script = Path(sys.executable).with_name("bulksync")  # the console script pip installed
+    bulksync = [str(script)] if script.exists() else [sys.executable, "-m", "bulksync"]
+    shown = "bulksync" if script.exists() else "python -m bulksync"
+    reference = 'python -c "import click"'
+    commands: dict[str, list[str]] = {
+        reference: [sys.executable, "-c", "import click"],
+        'python -c "import cloup"': [sys.executable, "-c", "import cloup"],
+        'python -c "import aiohttp"': [sys.executable, "-c", "import aiohttp"],
+        f"{shown} --help": [*bulksync, "--help"],
+        f"{shown} sync --help": [*bulksync, "sync", "--help"],
+        f"{shown} check": [*bulksync, "check"],
+    }
+    goals = list(commands)[3:]
+    walls: dict[str, list[float]] = {name: [] for name in commands}
+    with tempfile.TemporaryDirectory(prefix="bulksync-bench-") as tmp, simulator() as url:
+        # Bytecode as an installed package has it: cached (pip compiles on install), whatever
+        # PYTHONDONTWRITEBYTECODE says here; in a private cache, the same for every command.
+        env = {"PYTHONPYCACHEPREFIX": tmp, "PYTHONDONTWRITEBYTECODE": ""}
+        env |= {"CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY}
+        env["BULKSYNC_BASE_URL"] = url
+        for argv in commands.values():
+            measure(argv, env=env)  # a first run fills the bytecode cache
+        # Round-robin, so a busy moment of a shared machine slows every command alike.
+        for i in range(rounds):
+            print(f"startup: round {i + 1} of {rounds} ...", file=sys.stderr, flush=True)
+            for name, argv in commands.items():
+                walls[name].append(measure(argv, env=env).wall)
+    best = {name: min(times) for name, times in walls.items()}
+    measured = table(
+        ["command", "best ms", "median ms", f"best / {reference}"],
+        [
+            [
+                f"`{name}`",
+                best[name] * 1000,
+                statistics.median(walls[name]) * 1000,
+                f"{best[name] / best[reference]:.2f}x",
+            ]
+            for name in commands
+        ],
+    )
+    verdicts = []
+    for name in goals:
+        ratio = best[name] / best[reference]
+        verdicts.append(
+            [
+                f"`{name}`",
+                f"{ratio:.2f}x",
+                f"<= {STARTUP_RATIO_TARGET:g}x",
+                "met" if ratio <= STARTUP_RATIO_TARGET else "not met",
+            ]
+        )
+    note = (
+        f"Wall time of a whole process, start to exit (best and median of {rounds} rounds; each"
+        " round runs every command once, in turn), after one untimed run of each fills a"
+        " private bytecode cache (as an installed package has its .pyc). `bulksync check`"
+        " checks the credentials against the simulator (its own process, latency 0): one"
+        " GET /api/v1/accounts/region over loopback. For information: `import cloup`, which"
+        " the command group is built with, and `import aiohttp`, which the credentials check"
+        " sends with (the Track API client's)."
+    )
+    return [
+        "## startup\n\n" + note,
+        measured,
+        table([f"command / {reference}", "measured", "goal", "verdict"], verdicts),
+    ]
+
+
 SECTIONS: dict[str, Callable[[bool], list[str]]] = {
     "dryrun": bench_dryrun,
     "send": bench_send,
@@ -991,6 +1068,7 @@ SECTIONS: dict[str, Callable[[bool], list[str]]] = {
     "adaptive": bench_adaptive,
     "kinds": bench_kinds,
     "memory": bench_memory,
+    "startup": bench_startup,
 }
 
 

@@ -10,19 +10,22 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .connection import check as check  # the library's check(): in the API's import list
+from .defaults import MISSING
 from .errors import UsageError
-from .normalize import ColumnPlan, NormalizeOptions, normalize, plan_columns
-from .operations import KINDS, PEOPLE, Kind, Record
+from .normalize import ColumnPlan, NormalizeOptions, Rejection, normalize, plan_columns
+from .operations import DELETIONS, KINDS, PEOPLE, SUPPRESSIONS, Kind, Record
 from .outcomes import Outcomes, Progress, no_progress
 from .plan import Items, Repeats, Unchanged, changed, last_rows, pending, superseded
 from .policy import check_credentials
 from .ratelimit import BATCH_MARGIN, DEFAULT_MARGIN, RateLimiter
 from .results import (
+    REMOVAL_ROW,
     InputIdentity,
     ResultsLog,
     Summary,
@@ -31,6 +34,7 @@ from .results import (
     is_transient,
     latest_accepted_rows,
     read_lines,
+    rotate_finished,
 )
 from .send import Sender, SendOptions, StopHandle
 from .source import Chunk, SourceOptions, is_stream, read_chunks
@@ -54,10 +58,53 @@ class SyncOptions:
     state: Path | None = None  # diff state store: skip rows whose payload was accepted as is
     full: bool = False  # with `state`: send every row anyway, and refresh the state
     yes: bool = False  # send the irreversible kinds (deletions, suppressions, merges)
+    # Mirror mode, with `state`: what known people absent from a complete input get (keep,
+    # delete, suppress), and the most that may be removed in one run (N, or N% of the known).
+    missing: str = "keep"
+    max_missing: str = "5%"
 
     def __post_init__(self) -> None:
         if not 0 <= self.grace < math.inf:
             raise UsageError(f"grace {self.grace!r}: must be >= 0 seconds")
+        if self.missing not in MISSING:
+            raise UsageError(f"--missing {self.missing!r}: must be one of {', '.join(MISSING)}")
+        max_missing(self.max_missing, known=0)  # checked now, used once the absent are known
+        if self.missing == "keep":
+            return
+        if self.state is None:
+            raise UsageError(
+                f"--missing {self.missing} needs --state: the state file is what knows who was"
+                " sent before, and so who is absent now"
+            )
+        if self.normalize.kind != PEOPLE:
+            raise UsageError(f"--missing applies to --kind people, not {self.normalize.kind}")
+        if not (self.yes or self.dry_run):
+            raise UsageError(
+                f"--missing {self.missing} removes the people absent from the input, which"
+                " cannot be undone. Nothing was sent. See who with --dry-run, then pass --yes"
+            )
+
+
+_REMOVAL_OPS = {"delete": DELETIONS, "suppress": SUPPRESSIONS}
+
+
+def max_missing(text: str, *, known: int) -> int:
+    """How many absent people one run may remove: `text` is a count, or a percentage of the
+    `known` people. Raises UsageError for anything else."""
+    value = text.strip()
+    percent = value.endswith("%")
+    try:
+        number = float(value.removesuffix("%"))
+    except ValueError:
+        number = math.nan
+    if not (0 <= number <= (100 if percent else math.inf)) or (
+        not percent and not number.is_integer()
+    ):
+        raise UsageError(
+            f"--max-missing {text!r}: a number of people (e.g. 50) or a percentage of those the"
+            " state knows (e.g. 5%, at most 100%)"
+        )
+    return math.floor(known * number / 100) if percent else int(number)
 
 
 def sync(
@@ -88,6 +135,10 @@ def sync(
     # A dry run always starts over, so it need not fingerprint the input.
     identity = InputIdentity(input_path) if options.dry_run else InputIdentity.of(input_path)
     fresh = options.fresh or options.dry_run
+    if options.state is not None and not fresh and results_path.is_file():
+        rotated = rotate_finished(results_path, identity)
+        if rotated is not None:
+            logger.info("moved the finished results of an earlier input to %s", rotated)
     with contextlib.ExitStack() as stack:
         chunks = stack.enter_context(contextlib.closing(read_chunks(input_path, options.source)))
         first = next(chunks)
@@ -117,9 +168,10 @@ def sync(
             _state(options, input_path) as store,
         ):
             repeats = Repeats()
+            reading = _Reading(store if kind.name == PEOPLE else None, options, log)
             items: Iterator[Items] = (
-                repeats.observe(normalize(chunk, column_plan))
-                for chunk in itertools.chain([first], chunks)
+                repeats.observe(reading.see(normalize(chunk, column_plan)))
+                for chunk in reading.watch(itertools.chain([first], chunks))
             )
             if log.resumed:
                 items = (pending(batch, log) for batch in items)
@@ -135,9 +187,17 @@ def sync(
             sent = _Sent()
             if options.dry_run:
                 _dry_run(items, outcomes)
+                _dry_run(iter([reading.removals()]), outcomes)
+                if reading.refused:
+                    log.finish()
+                    raise UsageError(reading.refused)
             else:
                 assert credentials is not None
-                sent = asyncio.run(_send(items, outcomes, base_url, credentials, options, stop))
+                sent = asyncio.run(
+                    _send(items, outcomes, base_url, credentials, options, stop, reading.removals)
+                )
+            if reading.complete and not sent.interrupted:
+                log.finish()
     return Summary(
         results_path=results_path,
         counts={status: n for status, n in log.counts.items() if n},
@@ -151,7 +211,85 @@ def sync(
         repeated_rows=repeats.rows,
         repeated_identifiers=repeats.identifiers,
         repeated_examples=repeats.examples,
+        absent=reading.absent,
+        removals=dict(log.removal_counts),
     )
+
+
+class _Reading:
+    """Watches the input as it is read, for mirror mode: whether it was read to the end, with
+    every row readable, and (with a state) who it holds; then who is absent, and their
+    removals. `store` is None when absence does not apply (no state, or not people)."""
+
+    def __init__(self, store: StateStore | None, options: SyncOptions, log: ResultsLog) -> None:
+        self.store = store
+        self.options = options
+        self.log = log
+        self.complete = False  # the input was read to its end (not stopped, not --limit)
+        self.unreadable = 0  # rows the reader could not parse (a broken quote, not JSON)
+        self.absent: int | None = None  # known people absent from the complete input
+        self.known = 0  # people the state knew before this run: what --max-missing N% is of
+        self.refused: str | None = None  # a dry run over --max-missing: why a run would refuse
+
+    def watch(self, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+        if self.store is not None:
+            self.known = self.store.known(PEOPLE)
+        for chunk in chunks:
+            self.unreadable += len(chunk.bad_rows)
+            yield chunk
+        # Reached only when the reader found the input's end: an input error or a stop leaves
+        # the generator before it. --limit ends early on purpose: the rest is unknown.
+        self.complete = self.options.source.limit is None
+
+    def see(self, items: list[Record | Rejection]) -> list[Record | Rejection]:
+        if self.store is not None:
+            # Every row of a person counts, invalid ones too: a bad email is no reason to delete.
+            self.store.see(item.identifier for item in items if item.identifier is not None)
+        return items
+
+    def removals(self) -> list[Record]:
+        """The removals to send once every row is sent: none unless the input was read whole
+        and cleanly; raises UsageError when more than --max-missing would be removed."""
+        store, options = self.store, self.options
+        if store is None or not self.complete:
+            return []
+        if self.unreadable:
+            if options.missing != "keep":
+                logger.warning(
+                    "nobody removed: %d row(s) of the input could not be read (see the results"
+                    " file), so who is absent cannot be known",
+                    self.unreadable,
+                )
+            return []
+        self.absent, _ = store.absent(PEOPLE, limit=0)
+        store.finish_seen(self.absent)
+        if options.missing == "keep" or not self.absent:
+            return []
+        allowed = max_missing(options.max_missing, known=self.known)
+        if self.absent > allowed:
+            too_many = (
+                f"{self.absent:,} of the {self.known:,} people the state knew are absent from"
+                f" this input, more than --max-missing {options.max_missing} ({allowed:,})"
+            )
+            if not options.dry_run:
+                # Every row has its outcome: the file is finished, for tomorrow's to rotate.
+                self.log.finish()
+                raise UsageError(
+                    f"{too_many}: nobody was removed. The input's rows were sent (see the"
+                    " results file). If the input is complete and they did leave, run again"
+                    " with a higher --max-missing"
+                )
+            # A dry run lists them all the same: who would go is what its user wants to see.
+            self.refused = (
+                f"{too_many}: a run would remove nobody and exit 2. Nothing was sent; the"
+                ' results file lists them ("absent": true)'
+            )
+        _, names = store.absent(PEOPLE)
+        op = _REMOVAL_OPS[options.missing]
+        # A removal the results file already has accepted (a resumed run, killed after writing
+        # it but before the state forgot the person) is not sent again.
+        done = self.log.removals
+        return [Record(REMOVAL_ROW, name, {}, op) for name in names if done.get(name) != "ok"]
 
 
 def check_input(input_path: str, options: SyncOptions) -> ColumnPlan:
@@ -311,8 +449,10 @@ async def _send(
     credentials: Credentials,
     options: SyncOptions,
     stop: StopHandle | None,
+    then: Callable[[], list[Record]] | None = None,
 ) -> _Sent:
-    """Check the credentials, then send every record."""
+    """Check the credentials, then send every record; then, unless stopped, the records
+    `then()` gives (mirror mode's removals, known once every row was read)."""
     send = options.send
     limiter = None
     if send.rate:
@@ -330,7 +470,12 @@ async def _send(
         _check_region(account.body, send)
         sender = Sender(client, outcomes, send, limiter=limiter, stop=stop, grace=options.grace)
         await sender.run(items)
-    return _Sent(sender.requests + checks, sender.rate_limited, sender.stopping)
+        requests, rate_limited = sender.requests + checks, sender.rate_limited
+        if then is not None and not sender.stopping and (records := then()):
+            sender = Sender(client, outcomes, send, limiter=limiter, stop=stop, grace=options.grace)
+            await sender.run(iter([records]))
+            requests, rate_limited = requests + sender.requests, rate_limited + sender.rate_limited
+    return _Sent(requests, rate_limited, sender.stopping)
 
 
 def _check_region(account: Any, options: SendOptions) -> None:
@@ -343,20 +488,3 @@ def _check_region(account: Any, options: SendOptions) -> None:
             f"these credentials belong to a workspace in the {region.upper()} region:"
             f" pass --region {region}"
         )
-
-
-def check(options: SendOptions | None = None, credentials: Credentials | None = None) -> Any:
-    """Verify the credentials; return the account's region answer
-    (`{"url": ..., "region": ..., "environment_id": ...}`)."""
-    options = options or SendOptions()
-    credentials = credentials or Credentials.from_env()
-    base_url = resolve_base_url(options.region, options.base_url)
-
-    async def run() -> Any:
-        async with TrackClient(base_url, credentials, timeout=options.timeout) as client:
-            account, _ = await check_credentials(
-                client, None, options.max_retries, options.backoff, options.max_wait
-            )
-            return account.body
-
-    return asyncio.run(run())

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from .defaults import DEFAULT_BATCH_SIZE as DEFAULT_BATCH_SIZE
 from .normalize import Rejection
 from .operations import MAX_OPERATION_BYTES, Record, operation, order_keys
 
 MAX_REQUEST_BYTES = 500_000
-DEFAULT_BATCH_SIZE = 1000  # operations per request; see docs/benchmarks.md
 _OPEN, _CLOSE = b'{"batch":[', b"]}"
 
 

@@ -2,6 +2,10 @@
 
 Exit codes: 0 every row ok/unchanged/valid · 1 some rows failed or invalid · 2 usage or
 configuration error, nothing sent · 3 aborted part-way, re-run to resume.
+
+Start-up: building the commands and their --help imports only click, cloup and light modules
+(`defaults`, `errors`, `operations`). The library (pandas, aiohttp, orjson, tqdm...) is
+imported inside each command, so `bulksync --help` starts fast; tests/test_startup.py checks.
 """
 
 from __future__ import annotations
@@ -16,28 +20,23 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 import click
 import cloup
-import orjson
 from click.core import ParameterSource
 from click.exceptions import NoArgsIsHelpError
 
-from .api import SyncOptions, check, retry, sync
-from .batch import DEFAULT_BATCH_SIZE
-from .console import ProgressBar, estimate_rows, job_lines, setup_logging, summary_lines
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_MAX_WAIT, MISSING, PRESETS
 from .errors import BulksyncError
-from .mapping import PRESETS, ColumnMapping
-from .mapping import load as load_mapping
-from .mapping import normalize_options as normalize_options_of
-from .mapping import preset as load_preset
-from .normalize import EmptyPolicy
-from .operations import KINDS, PEOPLE, PLATFORMS
-from .policy import DEFAULT_MAX_WAIT
-from .results import Summary
-from .send import SendOptions, StopHandle
-from .source import DEFAULT_CHUNK_SIZE, Format, SourceOptions, input_name
-from .state import StateStore
+from .operations import KINDS, PEOPLE, PLATFORMS, role_keys
 
 if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
+
+    from .connection import SendOptions
+    from .console import ProgressBar
+    from .mapping import ColumnMapping
+    from .normalize import EmptyPolicy
+    from .results import Summary
+    from .send import StopHandle
+    from .source import Format
 
 
 def _pairs(option: str, values: tuple[str, ...]) -> dict[str, str]:
@@ -214,17 +213,6 @@ def state_options(command: F) -> F:
     ):
         command = option(command)
     return command
-
-
-def _role_options() -> dict[str, tuple[str, bool]]:
-    """click parameter name -> (role, is a constant), for every role of every kind."""
-    options: dict[str, tuple[str, bool]] = {}
-    for kind in KINDS.values():
-        for role in kind.roles:
-            options[role.option.removeprefix("--").replace("-", "_")] = (role.name, False)
-            if role.constant:
-                options[role.constant.removeprefix("--").replace("-", "_")] = (role.name, True)
-    return options
 
 
 def kind_options(command: F) -> F:
@@ -504,6 +492,23 @@ Examples:
         is_flag=True,
         help="With --state: send every row, changed or not, and refresh the state.",
     ),
+    click.option(
+        "--missing",
+        type=click.Choice(MISSING),
+        default="keep",
+        show_default=True,
+        help="With --state, people: what the people Customer.io accepted before and absent from"
+        " this complete input get: kept, deleted, or suppressed (those two need --yes), after"
+        " the input's rows are sent. Never after an input read partly or with unreadable rows.",
+    ),
+    click.option(
+        "--max-missing",
+        metavar="N|N%",
+        default="5%",
+        show_default=True,
+        help="With --missing delete or suppress: if more people than this (a number, or a"
+        " percentage of those the state knows) are absent, remove none and exit 2.",
+    ),
 )
 def sync_command(
     input_path: str,
@@ -523,6 +528,8 @@ def sync_command(
     dry_run: bool,
     fresh: bool,
     full: bool,
+    missing: str,
+    max_missing: str,
     region: str,
     base_url: str | None,
     timeout: float,
@@ -558,6 +565,11 @@ def sync_command(
     With --dry-run nothing is sent: each row is checked and its results line says 'valid' (with
     the exact payload that would be sent) or 'invalid' (with the reason).
     """
+    from .api import SyncOptions, sync
+    from .console import estimate_rows
+    from .mapping import normalize_options as normalize_options_of
+    from .source import SourceOptions, input_name
+
     ctx = click.get_current_context()
 
     def given(name: str) -> bool:
@@ -592,7 +604,7 @@ def sync_command(
     kind = normalize_options.kind
     options = SyncOptions(
         source=SourceOptions(
-            format=fmt if given("fmt") else cast(Format | None, source.get("format")),
+            format=fmt if given("fmt") else cast("Format | None", source.get("format")),
             encoding=encoding if given("encoding") else source.get("encoding", encoding),
             delimiter=_delimiter(delimiter if given("delimiter") else source.get("delimiter")),
             chunk_size=chunk_size,
@@ -609,6 +621,8 @@ def sync_command(
         state=state,
         full=full,
         yes=yes,
+        missing=missing,
+        max_missing=max_missing,
     )
     total = None
     if not (quiet or as_json) and sys.stderr.isatty():
@@ -665,6 +679,8 @@ def retry_command(
     Only transient failures (429, 5xx, timeouts, network) are re-sent, unless --all-failed.
     Deletions, suppressions and merges need --yes, as in sync.
     """
+    from .api import SyncOptions, retry
+
     options = SyncOptions(
         send=_send_options(
             rate, concurrency, max_retries, timeout, region, base_url, batch, batch_size, max_wait
@@ -688,7 +704,7 @@ def retry_command(
 
 def _given(roles: dict[str, str | None], *, constants: bool) -> dict[str, str]:
     """The role options given on the command line: role -> column, or role -> value."""
-    by_parameter = _role_options()
+    by_parameter = role_keys()
     return {
         by_parameter[name][0]: value
         for name, value in roles.items()
@@ -703,6 +719,9 @@ _DEFAULTED = ("timezone", "empty", "kind", "snake_case")
 def _column_mapping(path: Path | None, preset: str | None) -> ColumnMapping | None:
     if path is not None and preset is not None:
         raise click.UsageError("--mapping and --preset: give one or the other")
+    from .mapping import load as load_mapping
+    from .mapping import preset as load_preset
+
     if path is not None:
         return load_mapping(path)
     return load_preset(preset) if preset else None
@@ -732,6 +751,8 @@ def _send_options(
     batch_size: int,
     max_wait: float,
 ) -> SendOptions:
+    from .connection import SendOptions
+
     return SendOptions(
         rate=rate or None,
         concurrency=concurrency,
@@ -767,6 +788,11 @@ def _run(
     total: int | None,
 ) -> NoReturn:
     """Run a sync or retry with a progress bar on a terminal; print the summary; exit."""
+    import orjson
+
+    from .console import ProgressBar, setup_logging, summary_lines
+    from .send import StopHandle
+
     setup_logging(log_file, quiet)
     stop = StopHandle()
     _stop_on_signals(stop)
@@ -839,7 +865,11 @@ def run_command(
     Credentials come from the environment, never from the file. See the README, "Nightly
     cron, several files", and samples/nightly.toml.
     """
+    import orjson
+
+    from .console import ProgressBar, job_lines, setup_logging
     from .job import Step, StepResult, load_job, run_job
+    from .send import StopHandle
 
     setup_logging(log_file, quiet)
     stop = StopHandle()
@@ -854,7 +884,7 @@ def run_command(
             click.echo(f"bulksync: error: step {result.step.name}: {result.error}", err=True)
 
     try:
-        job = load_job(job_path, base_url=base_url, dry_run=dry_run)
+        job = load_job(job_path, base_url=base_url, dry_run=dry_run, yes=yes)
         summary = run_job(job, fresh=fresh, yes=yes, progress=progress, stop=stop, on_step=on_step)
     except BulksyncError as exc:
         _fail(exc)
@@ -873,6 +903,8 @@ def run_command(
 def check_command(region: str, base_url: str | None, timeout: float) -> None:
     """Verify the credentials in CUSTOMERIO_SITE_ID / CUSTOMERIO_API_KEY; print the region and
     workspace id. Exit 0 when accepted, 3 when refused, 2 when missing."""
+    from .connection import SendOptions, check  # aiohttp, not the pipeline: no pandas
+
     options = SendOptions(region=region, base_url=base_url, timeout=timeout)
     try:
         account = check(options)
@@ -894,27 +926,37 @@ def state_group() -> None:
 @state_group.command("stats")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def state_stats_command(path: Path) -> None:
-    """How many identifiers PATH knows, and its last run."""
+    """How many identifiers PATH knows, and its latest runs: rows accepted, identifiers the
+    input held, known ones absent from it, and those removed (--missing)."""
+    from .state import StateStore
+
     try:
         with StateStore(path) as store:
             stats = store.stats()
     except BulksyncError as exc:
         _fail(exc)
     click.echo(f"identifiers: {stats['identifiers']:,}")
-    run = stats["last_run"]
-    if run is None:
-        click.echo("last run: none")
+    if not stats["runs"]:
+        click.echo("runs: none")
         return
-    started = datetime.fromtimestamp(run["started_at"], UTC).isoformat(timespec="seconds")
-    finished = (
-        datetime.fromtimestamp(run["finished_at"], UTC).isoformat(timespec="seconds")
-        if run["finished_at"]
-        else "not finished"
-    )
-    click.echo(
-        f"last run: {run['input']}, started {started}, finished {finished},"
-        f" {run['accepted']:,} rows accepted"
-    )
+    click.echo("runs, newest first:")
+    for run in stats["runs"]:
+        started = datetime.fromtimestamp(run["started_at"], UTC).isoformat(timespec="seconds")
+        finished = (
+            datetime.fromtimestamp(run["finished_at"], UTC).isoformat(timespec="seconds")
+            if run["finished_at"]
+            else "(not finished)"
+        )
+        seen = (
+            f", saw {run['seen']:,}, {run['absent']:,} known absent"
+            if run["seen"] is not None
+            else ""  # a retry, or an input not read whole
+        )
+        removed = f", {run['removed']:,} removed" if run["removed"] else ""
+        click.echo(
+            f"  {started} to {finished}, {run['input']}: {run['accepted']:,} rows accepted"
+            f"{seen}{removed}"
+        )
 
 
 @state_group.command("forget")
@@ -922,6 +964,8 @@ def state_stats_command(path: Path) -> None:
 @click.argument("identifiers", nargs=-1, required=True)
 def state_forget_command(path: Path, identifiers: tuple[str, ...]) -> None:
     """Forget IDENTIFIERS in PATH, so their next row is sent even if unchanged."""
+    from .state import StateStore
+
     try:
         with StateStore(path) as store:
             known = store.forget(identifiers)
@@ -960,6 +1004,7 @@ def mapping_command(
     """
     from .mapping import preset_text, starter_for
     from .report import shell_word
+    from .source import SourceOptions
 
     if (input_path is None) == (preset is None):
         raise click.UsageError("give an INPUT to map, or a --preset to write (one of them)")
@@ -996,6 +1041,8 @@ def report_command(results_path: Path, as_json: bool) -> None:
     Each row counts once, as its latest outcome. Exit 0 when the report is printed, whatever
     the rows' outcomes; 2 when RESULTS is missing or not a results file.
     """
+    import orjson
+
     from .report import build_report, report_dict, report_lines
 
     try:
@@ -1059,6 +1106,7 @@ def rejects_command(
     mode 0600.
     """
     from .rejects import write_rejects
+    from .source import SourceOptions
 
     source = SourceOptions(format=fmt, encoding=encoding, delimiter=_delimiter(delimiter))
     try:

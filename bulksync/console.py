@@ -227,6 +227,7 @@ def summary_lines(what: str, summary: Summary) -> list[str]:
             f" ({summary.repeated_rows:,} later rows), sent in file order, the last row"
             f" winning; e.g. {shown}"
         )
+    lines += _mirror_lines(summary)
     path = summary.results_path
     lines.append(f"results: {path}")
     if summary.interrupted:
@@ -239,9 +240,30 @@ def summary_lines(what: str, summary: Summary) -> list[str]:
         lines.append(f"to fix the rows in a spreadsheet and send them: bulksync rejects {word}")
     if summary.dry_run and summary.rows and summary.exit_code == 0:
         how = "without --dry-run"
-        if KINDS[summary.op].irreversible:
+        if KINDS[summary.op].irreversible or summary.removals.get("valid"):
             how += " and with --yes"
         lines.append(f"next: every row is valid; run again {how} to send")
+    return lines
+
+
+def _mirror_lines(summary: Summary) -> list[str]:
+    """With --state: who the state knows and this input lacks, and what became of them."""
+    if summary.absent is None:
+        return []
+    lines = [f"absent: {summary.absent:,} known people are not in this input"]
+    removals = summary.removals
+    if summary.dry_run and removals.get("valid"):
+        lines.append(f"  {'removed':<10}{removals['valid']:>10,} would be (--missing)")
+    elif removals:
+        if removals.get("ok"):
+            lines.append(f"  {'removed':<10}{removals['ok']:>10,}")
+        if removals.get("failed"):
+            lines.append(
+                f"  {'failed':<10}{removals['failed']:>10,} removals (the state still knows"
+                " them: the next run tries again)"
+            )
+    elif summary.absent:
+        lines[0] += " (kept: --missing delete or suppress removes them)"
     return lines
 
 

@@ -70,6 +70,8 @@ STEP_KEYS = {
     "preset": (str,),
     "yes": (bool,),  # the step may send an irreversible kind (deletions...)
     "state": (bool,),  # false: no state file for this step even with state_dir
+    "missing": (str,),  # mirror mode, as sync's --missing (needs the state, and yes)
+    "max_missing": (str,),
 }
 # A tuple, not a set: the keys are listed in messages, in the same order on every run.
 MAPPING_KEYS = (*mappings.SETTINGS, "set", "columns")
@@ -141,9 +143,12 @@ class JobSummary:
         }
 
 
-def load_job(path: Path, *, base_url: str | None = None, dry_run: bool = False) -> Job:
+def load_job(
+    path: Path, *, base_url: str | None = None, dry_run: bool = False, yes: bool = False
+) -> Job:
     """Read and check a job file: its keys, its steps' mappings and options (not yet their
-    inputs: see check_job). Raises UsageError naming the file, the line and the key."""
+    inputs: see check_job). `yes`: every step may send what cannot be undone (--yes). Raises
+    UsageError naming the file, the line and the key."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -188,6 +193,7 @@ def load_job(path: Path, *, base_url: str | None = None, dry_run: bool = False) 
                 state_dir,
                 base_url,
                 dry_run,
+                yes,
             )
         )
     return Job(path, tuple(built), results_dir)
@@ -248,6 +254,7 @@ def _step(
     state_dir: Path | None,
     base_url: str | None,
     dry_run: bool,
+    yes: bool,
 ) -> Step:
     name, folder = spec["name"], where.path.parent
     label = f"step {name}"
@@ -296,7 +303,9 @@ def _step(
             state=state_dir / f"{name}.state.sqlite"
             if state_dir is not None and spec.get("state", True)
             else None,
-            yes=spec.get("yes", False),
+            yes=spec.get("yes", False) or yes,
+            missing=spec.get("missing", "keep"),
+            max_missing=spec.get("max_missing", "5%"),
         )
     except UsageError as exc:
         raise UsageError(f"{where.path}: {label}: {exc}") from None

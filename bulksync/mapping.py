@@ -25,25 +25,13 @@ from pathlib import Path
 from typing import Any, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .defaults import PRESETS as PRESETS
 from .errors import UsageError
 from .normalize import ColumnType, NormalizeOptions, share_of_dates, snake_case
-from .operations import KINDS, PEOPLE, PLATFORMS
+from .operations import KINDS, PEOPLE, PLATFORMS, role_keys
 from .source import SourceOptions, input_name, read_chunks
 
-PRESETS = ("hubspot", "klaviyo", "mailchimp")
 COLUMN_TYPES = (*get_args(ColumnType), "date", "email")
-
-
-def role_keys() -> dict[str, tuple[str, bool]]:
-    """Key (an option's name without "--", "_" for "-") -> (role, is a constant), for the
-    options every kind reads its own columns with: event_column, event_name, platform..."""
-    keys: dict[str, tuple[str, bool]] = {}
-    for kind in KINDS.values():
-        for role in kind.roles:
-            keys[role.option.removeprefix("--").replace("-", "_")] = (role.name, False)
-            if role.constant:
-                keys[role.constant.removeprefix("--").replace("-", "_")] = (role.name, True)
-    return keys
 
 
 # The top-level keys of a mapping and their types; the kinds' column keys are added below.

@@ -24,16 +24,18 @@ payload becomes a v2 operation (`operation`).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
-import orjson
+# orjson and hashlib are imported where they are used: the CLI builds its --kind options from
+# KINDS, and `bulksync --help` must not pay for them (tests/test_startup.py).
 
 PEOPLE = "people"
+DELETIONS = "deletions"  # also what mirror mode sends for an absent person (--missing delete)
+SUPPRESSIONS = "suppressions"  # --missing suppress
 
 # Documented limits of the kinds (track-api.md, design.md "Operations").
 MAX_EVENT_NAME_BYTES = 100
@@ -112,8 +114,23 @@ class Kind:
 
     def request(self, record: Record) -> tuple[str, str, bytes | None]:
         """(method, path, body) of the record's single request."""
+        import orjson
+
         body = orjson.dumps(record.payload) if self.body else None
         return self.method, self.path(record), body
+
+
+def role_keys() -> dict[str, tuple[str, bool]]:
+    """Name (an option's without "--", "_" for "-": click's parameter name, a mapping file's
+    key) -> (role, is a constant), for the options every kind reads its own columns with:
+    event_column, event_name, platform..."""
+    keys: dict[str, tuple[str, bool]] = {}
+    for kind in KINDS.values():
+        for role in kind.roles:
+            keys[role.option.removeprefix("--").replace("-", "_")] = (role.name, False)
+            if role.constant:
+                keys[role.constant.removeprefix("--").replace("-", "_")] = (role.name, True)
+    return keys
 
 
 def state_key(record: Record) -> str | None:
@@ -214,6 +231,10 @@ def event_id(
     is derived from the row's content. Derived, the same input always gives the same id, so
     Customer.io drops the copies a resume, a retry or a re-run sends. The time part is the
     event's timestamp (0 without one)."""
+    import hashlib
+
+    import orjson
+
     if given is not None and _ULID.fullmatch(given):
         return given.upper()
     seed: Any = ["id", given] if given is not None else [identifier, name, timestamp, data]
@@ -224,6 +245,8 @@ def event_id(
 def _build_events(
     identifier: str | None, values: Values, data: dict[str, Any]
 ) -> tuple[str, dict[str, Any]]:
+    import orjson
+
     assert identifier is not None
     name = _required(values, "event")
     if len(name.encode()) > MAX_EVENT_NAME_BYTES:
@@ -285,6 +308,8 @@ def _object_identifiers(values: Values) -> dict[str, str]:
 
 
 def _checked_size(payload: dict[str, Any]) -> dict[str, Any]:
+    import orjson
+
     # Sent alone to /api/v2/entity, the operation has the same 32,000-byte limit as in a batch.
     size = len(orjson.dumps(payload))
     if size > MAX_OPERATION_BYTES:
@@ -492,7 +517,7 @@ KINDS: dict[str, Kind] = {
             key=_relationship_key,
         ),
         Kind(
-            "deletions",
+            DELETIONS,
             "delete a person and their data (other columns ignored)",
             "DELETE",
             _customer(),
@@ -505,7 +530,7 @@ KINDS: dict[str, Kind] = {
             irreversible=True,
         ),
         Kind(
-            "suppressions",
+            SUPPRESSIONS,
             "delete a person and suppress their identifier (other columns ignored)",
             "POST",
             _customer("/suppress"),
@@ -567,4 +592,6 @@ ROLES: dict[str, Role] = {role.name: role for kind in KINDS.values() for role in
 
 def operation(record: Record) -> bytes:
     """The record's v2 operation, serialized as it is sent in a batch."""
+    import orjson
+
     return orjson.dumps(KINDS[record.op].operation(record))

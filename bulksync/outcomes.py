@@ -11,7 +11,7 @@ from .errors import OutputError
 from .normalize import Rejection
 from .operations import PEOPLE, Record, state_key
 from .plan import Unchanged
-from .results import ResultsLog, Status, outcome_line
+from .results import REMOVAL_ROW, ResultsLog, Status, outcome_line
 from .state import StateStore
 
 Progress = Callable[[Status], None]
@@ -49,20 +49,20 @@ class Outcomes:
             error=rejection.reason,
             line_number=rejection.line,
         )
-        self._write(rejection.row, "invalid", line)
+        self._write(rejection.row, "invalid", line, rejection.identifier)
 
     def unchanged(self, item: Unchanged) -> None:
         line = outcome_line(
             item.row, item.identifier, "unchanged", item.op, superseded_by=item.superseded_by
         )
-        self._write(item.row, "unchanged", line)
+        self._write(item.row, "unchanged", line, item.identifier)
 
     def valid(self, record: Record) -> None:
         """Dry run: the row would be sent, with this payload."""
         line = outcome_line(
             record.row, record.identifier, "valid", record.op, payload=record.payload
         )
-        self._write(record.row, "valid", line)
+        self._write(record.row, "valid", line, record.identifier)
 
     def ok(self, record: Record, mode: str, http_status: int | None, attempts: int) -> None:
         line = outcome_line(
@@ -74,17 +74,21 @@ class Outcomes:
             attempts=attempts,
             mode=mode,
         )
-        self._write(record.row, "ok", line)
-        if self.state is not None and (key := state_key(record)) is not None:
-            self.state.record_accepted(key, record.payload)
+        self._write(record.row, "ok", line, record.identifier)
+        if self.state is None:
+            return
+        if record.row == REMOVAL_ROW:
+            self.state.record_removed(record.identifier)
+        elif (key := state_key(record)) is not None:
+            self.state.record_accepted(key, record.payload, record.op)
 
     def failed(
         self, record: Record, mode: str, http_status: int | None, attempts: int, error: str
     ) -> None:
         """The API refused the row, or its retries ran out: keep the payload to re-send it."""
         log.error(
-            "row %d (id %s) failed: %s",
-            record.row,
+            "%s (id %s) failed: %s",
+            "removal" if record.row == REMOVAL_ROW else f"row {record.row}",
             printable(record.identifier),
             error,
             extra={"row_failure": True},  # stderr shows the first few (console.py)
@@ -100,7 +104,7 @@ class Outcomes:
             payload=record.payload,
             mode=mode,
         )
-        self._write(record.row, "failed", line)
+        self._write(record.row, "failed", line, record.identifier)
 
     def flush(self) -> None:
         """The results file first, then the state's acceptances: a crash between the two can
@@ -112,9 +116,9 @@ class Outcomes:
         if self.state is not None:
             self.state.flush()
 
-    def _write(self, row: int, status: Status, line: bytes) -> None:
+    def _write(self, row: int, status: Status, line: bytes, identifier: str | None) -> None:
         try:
-            self.log.write(row, status, line)
+            self.log.write(row, status, line, identifier)
         except OSError as exc:  # a full disk: one message and exit 3, never a traceback
             raise OutputError.of(exc, self.log.path, "results file") from None
         self.progress(status)

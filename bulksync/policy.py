@@ -27,11 +27,10 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from .defaults import DEFAULT_MAX_WAIT as DEFAULT_MAX_WAIT
 from .errors import AbortError
 from .ratelimit import RateLimiter
 from .track import Kind, Response, TrackClient
-
-DEFAULT_MAX_WAIT = 60.0  # seconds of Retry-After honoured before the run stops instead
 
 log = logging.getLogger("bulksync")
 

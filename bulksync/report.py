@@ -96,6 +96,7 @@ class Report:
     last_row: int = 0
     missing: int = 0  # rows 1..last_row without an outcome
     first_missing: list[int] = field(default_factory=list)
+    removals: Counter[str] = field(default_factory=Counter)  # --missing: status -> people
     last_change: datetime | None = None  # the file's mtime
 
     @property
@@ -132,6 +133,12 @@ def build_report(path: Path) -> Report:
     try:
         latest = _latest_lines(path, report)
         _count(path, report, latest)
+        removals = {
+            line["id"]: line["status"]
+            for line in read_lines(path, removals=True)
+            if line.get("absent") is True
+        }
+        report.removals.update(removals.values())
         mtime = path.stat().st_mtime
     except OSError as exc:
         raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
@@ -259,6 +266,14 @@ def next_steps(report: Report) -> list[dict[str, str]]:
                 "command": f"bulksync rejects {path}",
             }
         )
+    if report.removals.get("failed"):
+        steps.append(
+            {
+                "why": f"{report.removals['failed']:,} removal(s) of absent people failed: the"
+                " state still knows them, so the next sync with --missing (the same command)"
+                " sends them again",
+            }
+        )
     if report.refused_failed:
         steps.append(
             {
@@ -306,6 +321,7 @@ def report_dict(report: Report) -> dict[str, Any]:
         "rows": report.rows,
         **{status: report.counts.get(status, 0) for status in STATUSES},
         "by_op": {op: dict(counts) for op, counts in sorted(report.by_op.items())},
+        "removals": dict(report.removals),
         "missing_rows": report.missing,
         "first_missing_rows": report.first_missing,
         "last_row": report.last_row,
@@ -353,6 +369,9 @@ def report_lines(report: Report) -> list[str]:
         lines.append(
             f"  no outcome{report.missing:>10,}  (rows {rows}{more}; up to row {report.last_row:,})"
         )
+    if report.removals:
+        each = ", ".join(f"{n:,} {status}" for status, n in sorted(report.removals.items()))
+        lines.append(f"removals of people absent from the input (--missing): {each}")
     lines += _reason_lines(report)
     lines += _sending_lines(report)
     steps = next_steps(report)

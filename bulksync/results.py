@@ -41,6 +41,12 @@ _CODES: dict[str, int] = {status: i for i, status in enumerate(STATUSES, start=1
 # HTTP answers (None: no answer at all) worth sending again as they were: see `is_transient`.
 _TRANSIENT_STATUSES = {None, 408, 429}
 MAX_ROWS = 1_000_000_000  # rows of an input whose size is unknown (standard input)
+# A removal (--missing: a known person absent from the input) names no input row: its Record's
+# row is 0, and its results line says "row": null, "absent": true.
+REMOVAL_ROW = 0
+# The last line of a run that gave every row of its input an outcome: the file is finished, and
+# with --state the next night's input may rotate it away (see rotate_finished).
+END_KEY = "bulksync_end"
 
 
 def default_results_path(input_path: str, *, dry_run: bool = False) -> Path:
@@ -77,7 +83,7 @@ def outcome_line(
     one request per row, batch: POST /api/v2/batch); an unchanged row that a later row of the
     same identifier replaces (with --state) says which: `superseded_by`."""
     line: dict[str, Any] = {
-        "row": row,
+        "row": None if row == REMOVAL_ROW else row,
         "id": identifier,
         "op": op,
         "status": status,
@@ -85,6 +91,8 @@ def outcome_line(
         "attempts": attempts,
         "error": error,
     }
+    if row == REMOVAL_ROW:
+        line["absent"] = True
     if line_number is not None:
         line["line"] = line_number
     if superseded_by is not None:
@@ -120,9 +128,10 @@ def read_header(path: Path) -> dict[str, Any]:
     return header
 
 
-def read_lines(path: Path) -> Iterator[dict[str, Any]]:
-    """Every outcome line of the results file at `path`, in file order (the header is checked,
-    not returned). A torn last line, left by a crash mid-write, is skipped. Lines written before
+def read_lines(path: Path, *, removals: bool = False) -> Iterator[dict[str, Any]]:
+    """Every row's outcome line of the results file at `path`, in file order (the header is
+    checked, not returned; the end line skipped; removal lines, which name no row, only with
+    `removals`). A torn last line, left by a crash mid-write, is skipped. Lines written before
     kinds existed get `"op": "people"`."""
     header = read_header(path)
     with path.open("rb") as f:
@@ -131,10 +140,65 @@ def read_lines(path: Path) -> Iterator[dict[str, Any]]:
             if not raw.endswith(b"\n"):
                 return
             line = _parse(raw, path, number)
+            if END_KEY in line:
+                continue
+            if _is_removal(line):
+                if removals:
+                    yield line
+                continue
             if not _is_row(line.get("row"), header.get("size")) or line.get("status") not in _CODES:
                 raise UsageError(f"{path}: line {number} is not a results line")
             line.setdefault("op", PEOPLE)
             yield line
+
+
+def _is_removal(line: dict[str, Any]) -> bool:
+    return (
+        line.get("absent") is True
+        and line.get("row") is None
+        and isinstance(line.get("id"), str)
+        and line.get("status") in _CODES
+    )
+
+
+def rotate_finished(path: Path, identity: InputIdentity) -> Path | None:
+    """With --state, a nightly run finds last night's results file at its default path: when
+    that file is finished (every row of its input has an outcome) and was written for another
+    input, move it aside, named with its date (INPUT.results.2026-11-28.jsonl), and return
+    where; else None (an unfinished file for another input is refused when it is opened, as
+    its rows without an outcome must not be forgotten)."""
+    try:
+        header = read_header(path)
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - 4096))
+            last = f.read().rstrip(b"\n").rpartition(b"\n")[2]
+        end = orjson.loads(last)
+    except (UsageError, OSError, orjson.JSONDecodeError):
+        return None
+    previous = InputIdentity(header.get("input") or "?", header.get("size"), header.get("sha256"))
+    if (
+        not isinstance(end, dict)
+        or END_KEY not in end
+        or header.get("dry_run")
+        # Standard input cannot be fingerprinted: a finished file has nothing left to resume,
+        # and tonight's stream is taken for another input.
+        or (identity.sha256 is not None and identity.same_content(previous))
+    ):
+        return None
+    day = str(header.get("started", ""))[:10] or "earlier"
+    stem = path.name.removesuffix(".jsonl")
+    for n in range(1, 1000):
+        rotated = path.with_name(f"{stem}.{day}{'' if n == 1 else f'-{n}'}.jsonl")
+        if not rotated.exists():
+            break
+    lock = take_lock(path, f"{path} is in use by another bulksync run")
+    try:
+        os.rename(path, rotated)
+    except OSError as exc:
+        raise UsageError(f"cannot move the finished {path} aside: {exc.strerror}") from None
+    finally:
+        os.close(lock)
+    return rotated
 
 
 def failed_lines(path: Path) -> list[dict[str, Any]]:
@@ -213,6 +277,7 @@ class ResultsLog:
         self.counts: Counter[str] = Counter()  # latest status of every row in the file
         self.resumed = 0  # rows that already had an outcome when the file was opened
         self._status = bytearray()
+        self.removals: dict[str, str] = {}  # absent identifier -> latest status of its removal
         check_output(path, "results file")  # before reading it, too: a link is not ours
         self._lock = take_lock(path, f"{path} is in use by another bulksync run")
         try:
@@ -275,12 +340,17 @@ class ResultsLog:
                     break  # torn by a crash mid-write: that outcome is re-made on resume
                 line = _parse(raw, self.path, number)
                 row, status = line.get("row"), line.get("status")
-                if not _is_row(row, previous.size) or status not in _CODES:
+                if END_KEY in line:
+                    pass
+                elif _is_removal(line):
+                    self.removals[line["id"]] = str(status)
+                elif not _is_row(row, previous.size) or status not in _CODES:
                     raise UsageError(
                         f"{self.path}: line {number} is not a results line of this input"
                         " (edited?); pass --fresh to start over, or choose another --results"
                     )
-                self._set(row, str(status))
+                else:
+                    self._set(row, str(status))
                 good_end += len(raw)
         self.resumed = sum(self.counts.values())
         file = _open_private(self.path, 0)
@@ -295,9 +365,22 @@ class ResultsLog:
         code = self._status[row] if row < len(self._status) else 0
         return STATUSES[code - 1] if code else None
 
-    def write(self, row: int, status: Status, line: bytes) -> None:
+    def write(self, row: int, status: Status, line: bytes, identifier: str | None = None) -> None:
         self._file.write(line)
-        self._set(row, status)
+        if row == REMOVAL_ROW:
+            self.removals[str(identifier)] = status
+        else:
+            self._set(row, status)
+
+    def finish(self) -> None:
+        """Every row of the input has an outcome: say so in the file's last line."""
+        end = {END_KEY: datetime.now(UTC).isoformat(timespec="seconds")}
+        self._file.write(orjson.dumps(end, option=orjson.OPT_APPEND_NEWLINE))
+        self._file.flush()
+
+    @property
+    def removal_counts(self) -> Counter[str]:
+        return Counter(self.removals.values())
 
     def flush(self) -> None:
         self._file.flush()
@@ -372,6 +455,8 @@ class Summary:
     repeated_rows: int = 0  # rows whose identifier came on an earlier row (people, objects)
     repeated_identifiers: int = 0
     repeated_examples: dict[str, list[int]] = field(default_factory=dict)  # id -> some rows
+    absent: int | None = None  # with --state: known people absent from a complete input
+    removals: dict[str, int] = field(default_factory=dict)  # status -> removals (--missing)
 
     @property
     def rows(self) -> int:
@@ -382,7 +467,8 @@ class Summary:
         """0 when every row ended well, 1 when some are failed or invalid, 3 if interrupted."""
         if self.interrupted:
             return 3
-        return 1 if self.counts.get("failed", 0) or self.counts.get("invalid", 0) else 0
+        failed = self.counts.get("failed", 0) + self.removals.get("failed", 0)
+        return 1 if failed or self.counts.get("invalid", 0) else 0
 
     @property
     def rows_per_second(self) -> float:
@@ -402,6 +488,10 @@ class Summary:
                 "rows": self.repeated_rows,
                 "examples": [{"id": i, "rows": r} for i, r in self.repeated_examples.items()],
             },
+            "absent": self.absent,
+            "removed": self.removals.get("ok", 0),
+            "removals_failed": self.removals.get("failed", 0),
+            "would_remove": self.removals.get("valid", 0),
             "elapsed_seconds": round(self.elapsed, 3),
             "rows_per_second": round(self.rows_per_second, 1),
             "dry_run": self.dry_run,

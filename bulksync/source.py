@@ -82,12 +82,12 @@ from typing import BinaryIO, Literal, get_args
 import orjson
 import pandas as pd
 
+from .defaults import DEFAULT_CHUNK_SIZE as DEFAULT_CHUNK_SIZE
 from .errors import InputError, UsageError
 from .lines import MAX_LINE, BoundedLines, LineTooLong, QuietLines, is_pipe
 
 Format = Literal["csv", "jsonl"]
 
-DEFAULT_CHUNK_SIZE = 20_000
 # Cells (rows x columns) in a chunk: a chunk's memory goes with its cells (a string object per
 # cell, then an object per converted cell, then each row's payload dict), not with its rows.
 # 20,000 rows of 25 columns; 1,666 rows of 300. Measured in `make bench` (section memory).

@@ -44,6 +44,18 @@ CREATE TABLE IF NOT EXISTS runs (
     accepted INTEGER NOT NULL DEFAULT 0
 );
 """
+# Columns added since the first state files: added to an older file when it is opened.
+# state.seen_run: the last run whose complete input held the identifier; state.kind: the --kind
+# whose row was accepted (NULL in older files, which held people). runs.seen / absent / removed:
+# the identifiers a complete input held, the known ones it did not, and those removed since.
+_ADDED_COLUMNS = {
+    "state": {"seen_run": "INTEGER", "kind": "TEXT"},
+    "runs": {"seen": "INTEGER", "absent": "INTEGER", "removed": "INTEGER NOT NULL DEFAULT 0"},
+}
+# Rows of one kind (bound twice); a row of an older state file (no kind) was a person's.
+_OF_KIND = "(kind = ? OR (kind IS NULL AND ? = 'people'))"
+# Identifiers seen in this run's input, for who is absent: per connection, never in the file.
+_SEEN = "CREATE TEMP TABLE seen (identifier TEXT PRIMARY KEY) WITHOUT ROWID"
 
 
 def payload_hash(attributes: dict[str, Any]) -> bytes:
@@ -69,10 +81,17 @@ class StateStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            for table, columns in _ADDED_COLUMNS.items():
+                have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                for name, declaration in columns.items():
+                    if name not in have:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+            self._db.execute(_SEEN)
         except (OSError, sqlite3.Error) as exc:
             raise UsageError(f"cannot open the state file {path}: {exc}") from None
         self._lock = threading.Lock()
-        self._pending: list[tuple[str, bytes, int]] = []
+        self._pending: list[tuple[str, bytes, int, str]] = []
+        self._removed: list[str] = []
         self.accepted = 0
         self._run = (
             self._db.execute(
@@ -105,33 +124,88 @@ class StateStore:
             )
             self._db.execute("COMMIT")
 
-    def record_accepted(self, identifier: str, attributes: dict[str, Any]) -> None:
+    def record_accepted(self, identifier: str, attributes: dict[str, Any], kind: str) -> None:
         """Customer.io accepted this payload; written by the next flush()."""
-        self._pending.append((identifier, payload_hash(attributes), int(time.time())))
+        self._pending.append((identifier, payload_hash(attributes), int(time.time()), kind))
+
+    def record_removed(self, identifier: str) -> None:
+        """Customer.io accepted this person's removal: forgotten by the next flush()."""
+        self._removed.append(identifier)
 
     def flush(self) -> None:
-        if not self._pending:
+        if not (self._pending or self._removed):
             return
         pending, self._pending = self._pending, []
+        removed, self._removed = self._removed, []
         try:
-            self._record(pending)
+            self._record(pending, removed)
         except sqlite3.Error as exc:  # "database or disk is full", most often
             raise OutputError.of(exc, self.path, "state file") from None
         self.accepted += len(pending)
 
-    def _record(self, pending: list[tuple[str, bytes, int]]) -> None:
+    def _record(self, pending: list[tuple[str, bytes, int, str]], removed: list[str]) -> None:
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT INTO state VALUES (?, ?, ?) ON CONFLICT (identifier) DO UPDATE"
-                " SET hash = excluded.hash, accepted_at = excluded.accepted_at",
+                "INSERT INTO state (identifier, hash, accepted_at, kind) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (identifier) DO UPDATE SET hash = excluded.hash,"
+                " accepted_at = excluded.accepted_at, kind = excluded.kind",
                 pending,
             )
+            self._db.executemany("DELETE FROM state WHERE identifier = ?", ((i,) for i in removed))
             if self._run is not None:
                 self._db.execute(
-                    "UPDATE runs SET accepted = accepted + ? WHERE rowid = ?",
-                    (len(pending), self._run),
+                    "UPDATE runs SET accepted = accepted + ?, removed = removed + ?"
+                    " WHERE rowid = ?",
+                    (len(pending), len(removed), self._run),
                 )
+            self._db.execute("COMMIT")
+
+    # --- who is absent: mirror mode (--missing) -------------------------------------------------
+
+    def see(self, identifiers: Iterable[str]) -> None:
+        """These identifiers are in this run's input (any row of theirs, valid or not)."""
+        with self._lock:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO temp.seen VALUES (?)", ((i,) for i in identifiers)
+            )
+
+    def known(self, kind: str) -> int:
+        """How many identifiers of `kind` Customer.io accepted on some run, still known."""
+        with self._lock:
+            (count,) = self._db.execute(
+                f"SELECT count(*) FROM state WHERE {_OF_KIND}", (kind, kind)
+            ).fetchone()
+        return int(count)
+
+    def absent(self, kind: str, limit: int | None = None) -> tuple[int, list[str]]:
+        """Known identifiers of `kind` that this run's input did not hold: their count, and
+        the first `limit` of them (all when None)."""
+        where = f"{_OF_KIND} AND identifier NOT IN temp.seen"
+        with self._lock:
+            (count,) = self._db.execute(
+                f"SELECT count(*) FROM state WHERE {where}", (kind, kind)
+            ).fetchone()
+            rows = self._db.execute(
+                f"SELECT identifier FROM state WHERE {where} ORDER BY identifier LIMIT ?",
+                (kind, kind, -1 if limit is None else limit),
+            ).fetchall()
+        return int(count), [row[0] for row in rows]
+
+    def finish_seen(self, absent: int) -> None:
+        """This run read its whole input: the identifiers it held were last seen now."""
+        if self._run is None:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "UPDATE state SET seen_run = ? WHERE identifier IN temp.seen", (self._run,)
+            )
+            self._db.execute(
+                "UPDATE runs SET seen = (SELECT count(*) FROM temp.seen), absent = ?"
+                " WHERE rowid = ?",
+                (absent, self._run),
+            )
             self._db.execute("COMMIT")
 
     def forget(self, identifiers: Iterable[str]) -> int:
@@ -144,19 +218,18 @@ class StateStore:
             self._db.execute("COMMIT")
         return cursor.rowcount
 
-    def stats(self) -> dict[str, Any]:
-        """Identifiers known, and the last run's start, end, input and accepted count."""
+    def stats(self, runs: int = 5) -> dict[str, Any]:
+        """Identifiers known, and the latest `runs` runs, newest first: start, end, input,
+        rows accepted, identifiers seen (a complete input's), known ones absent, removed."""
+        keys = ("started_at", "finished_at", "input", "accepted", "seen", "absent", "removed")
         with self._lock:
             (rows,) = self._db.execute("SELECT count(*) FROM state").fetchone()
-            last = self._db.execute(
-                "SELECT started_at, finished_at, input, accepted FROM runs"
-                " ORDER BY started_at DESC, rowid DESC LIMIT 1"
-            ).fetchone()
-        keys = ("started_at", "finished_at", "input", "accepted")
-        return {
-            "identifiers": rows,
-            "last_run": dict(zip(keys, last, strict=True)) if last else None,
-        }
+            latest = self._db.execute(
+                f"SELECT {', '.join(keys)} FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?",
+                (runs,),
+            ).fetchall()
+        found = [dict(zip(keys, run, strict=True)) for run in latest]
+        return {"identifiers": rows, "runs": found, "last_run": found[0] if found else None}
 
     def close(self) -> None:
         try:

@@ -234,7 +234,7 @@ def test_a_full_disk_under_the_state_file_exits_3_with_one_line(
 
     from bulksync.state import StateStore
 
-    def full(self: StateStore, pending: object) -> None:
+    def full(self: StateStore, pending: object, removed: object) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(StateStore, "_record", full)

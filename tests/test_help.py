@@ -48,7 +48,7 @@ SYNC_GROUPS = {
         "--dry-run",
     ],
     "Results": ["--results", "--fresh", "--quiet", "--json", "--log-file"],
-    "State": ["--state", "--full"],
+    "State": ["--state", "--full", "--missing", "--max-missing"],
 }
 
 

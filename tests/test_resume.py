@@ -171,6 +171,10 @@ def read_lines(
     assert parsed, "no header line"
     header, lines = parsed[0], parsed[1:]
     assert header.get("bulksync_results") == 1, header
+    # A finished run's last line says so: {"bulksync_end": TIME}, after every row's outcome.
+    ends = [i for i, line in enumerate(lines) if "bulksync_end" in line]
+    assert all(set(lines[i]) == {"bulksync_end"} for i in ends)
+    lines = [line for line in lines if "bulksync_end" not in line]
     assert all("row" in line for line in lines), "only the first line is a header"
     return header, lines
 
@@ -326,7 +330,11 @@ def test_torn_last_line_is_dropped_and_its_row_resent(fake: ServerThread, tmp_pa
     args = ("sync", source, "--results", out, "--rate", "0", "--quiet")
     assert run_cli(fake.url, *args).returncode == 0
     data = out.read_bytes()
-    body, last, _ = data.rsplit(b"\n", 2)
+    # The finished run's last line says so; taken away, with the last row's line torn, the
+    # file is what a crash in the middle of that row's write leaves.
+    body, end, _ = data.rsplit(b"\n", 2)
+    assert set(orjson.loads(end)) == {"bulksync_end"}
+    body, last = body.rsplit(b"\n", 1)
     torn_row = orjson.loads(last)["row"]
     out.write_bytes(body + b"\n" + last[: len(last) // 2])  # a crash in the middle of a write
     fake.fake.requests.clear()

@@ -473,7 +473,7 @@ def test_full_resends_everything_and_refreshes_the_state(
     # The state drifts from what the file says (e.g. people edited in Customer.io's UI).
     with StateStore(state) as store:
         for row in rows[:5]:
-            store.record_accepted(row["id"], {**row, "plan": "edited elsewhere"})
+            store.record_accepted(row["id"], {**row, "plan": "edited elsewhere"}, "people")
     assert hashes(state)[rows[0]["id"]] != payload_hash(rows[0])
 
     before = len(fake.requests)
@@ -539,12 +539,13 @@ def test_state_stats_and_forget(api_env: ServerThread, tmp_path: Path) -> None:
     assert stats.exit_code == 0, stats.output
     lines = stats.stdout.splitlines()
     assert lines[0] == "identifiers: 25"
+    assert lines[1] == "runs, newest first:"
     match = re.fullmatch(
-        r"last run: (.+), started (\S+), finished (\S+), 25 rows accepted", lines[1]
+        r"  (\S+) to (\S+), (.+): 25 rows accepted, saw 25, 0 known absent", lines[2]
     )
     assert match, lines
-    assert match.group(1) == str(source)
-    run_started, run_finished = (datetime.fromisoformat(match.group(k)) for k in (2, 3))
+    assert match.group(3) == str(source)
+    run_started, run_finished = (datetime.fromisoformat(match.group(k)) for k in (1, 2))
     assert started - 1 <= run_started.timestamp() <= run_finished.timestamp() <= time.time() + 1
 
     forget = invoke("state", "forget", str(state), "cust-3", "cust-17", "nobody")
@@ -609,7 +610,7 @@ def test_every_file_of_a_new_state_is_private(tmp_path: Path) -> None:
     0600 from the start, while the first run writes to them."""
     path = tmp_path / "new.db"
     with umask(0o022), StateStore(path, input_name="in.csv") as store:
-        store.record_accepted("person@example.com", {"plan": "pro"})
+        store.record_accepted("person@example.com", {"plan": "pro"}, "people")
         store.flush()
         files = sorted(p for p in tmp_path.iterdir() if p.name.startswith("new.db"))
         modes = {p.name: oct(p.stat().st_mode & 0o777) for p in files}

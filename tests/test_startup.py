@@ -1,0 +1,82 @@
+"""Start-up: `bulksync --help` (and every command's --help) imports neither pandas nor aiohttp,
+and `bulksync check` no pandas. Checked by the modules a fresh interpreter holds afterwards,
+never by timing (bench/run.py --only startup measures the time)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bulksync.fake.process import ServerThread
+from tests.conftest import ROOT
+
+# Modules the library needs and --help does not: the costly part of `import bulksync.api`.
+HEAVY = ("pandas", "numpy", "pyarrow", "aiohttp", "orjson", "tqdm", "email_validator")
+# What the credentials check may not need: it talks to the API (aiohttp) but reads no rows.
+ROWS = ("pandas", "numpy", "pyarrow")
+
+# Runs `main(ARGS)` as `bulksync ARGS` would (no ARGS: only imports the CLI), then prints the
+# exit code and the top-level packages of HEAVY that were imported, as one JSON line.
+_PROBE = """
+import json, sys
+heavy = set(json.loads(sys.argv[1]))
+args = json.loads(sys.argv[2])
+import bulksync.cli
+code = None
+if args is not None:
+    try:
+        bulksync.cli.main(args, prog_name="bulksync")
+    except SystemExit as exc:
+        code = exc.code
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in heavy)
+print(json.dumps({"code": code, "heavy": loaded}))
+"""
+
+
+def probe(args: list[str] | None, heavy: tuple[str, ...] = HEAVY) -> dict[str, object]:
+    """In a fresh interpreter: the exit code of `bulksync ARGS`, and the HEAVY modules it held."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(heavy), json.dumps(args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def test_importing_the_cli_imports_nothing_heavy() -> None:
+    assert probe(None)["heavy"] == []
+
+
+def test_importing_the_package_imports_nothing_heavy() -> None:
+    code = "import bulksync, sys; print(sorted(m for m in sys.modules if m.startswith('bulksync')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.stdout.strip() == "['bulksync']", done.stderr
+
+
+def _commands() -> list[list[str]]:
+    from bulksync.cli import main
+
+    commands: list[list[str]] = [[]]
+    for name, command in main.commands.items():
+        commands.append([name])
+        commands += [[name, sub] for sub in getattr(command, "commands", {})]
+    return commands
+
+
+@pytest.mark.parametrize("command", _commands(), ids=lambda c: " ".join(c) or "bulksync")
+def test_help_imports_nothing_heavy(command: list[str]) -> None:
+    """`bulksync --help`, `bulksync sync --help`... every command's help, in a fresh process."""
+    assert probe([*command, "--help"]) == {"code": 0, "heavy": []}
+
+
+def test_check_imports_no_pandas(api_env: ServerThread) -> None:
+    """`bulksync check` against the simulator: the credentials accepted, no pandas loaded."""
+    assert probe(["check"], heavy=ROWS) == {"code": 0, "heavy": []}
+    assert [r.path for r in api_env.snapshot()[0]] == ["/api/v1/accounts/region"]
