@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -388,6 +388,20 @@ def _irreversible(kind: Kind, count: int, command: str) -> str:
 
 
 def _last_rows(input_path: str, options: SyncOptions, column_plan: ColumnPlan) -> dict[int, int]:
+    """row -> the later row of its identifier that replaces it (plan.last_rows). Most inputs
+    name each person once: that is found from the identifier's columns alone, normalized
+    without the others; only when an identifier repeats are the rows read again in full, since
+    an invalid row (for any column) is not the last row of its person."""
+    keys = [c for c in (column_plan.id_column, *column_plan.roles) if c is not None]
+    repeats = Repeats()
+    with contextlib.closing(read_chunks(input_path, options.source)) as chunks:
+        for chunk in chunks:
+            narrow = chunk.frame[[c for c in keys if c in chunk.frame.columns]]
+            # Its valid rows are a superset of the whole rows' valid ones: no repeat among
+            # them, none among those.
+            repeats.observe(normalize(replace(chunk, frame=narrow), column_plan))
+    if not repeats.rows:
+        return {}
     with contextlib.closing(read_chunks(input_path, options.source)) as chunks:
         return last_rows(normalize(chunk, column_plan) for chunk in chunks)
 
