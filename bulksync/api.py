@@ -232,8 +232,8 @@ class _Reading:
         self.refused: str | None = None  # a dry run over --max-missing: why a run would refuse
 
     def watch(self, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
-        if self.store is not None:
-            self.known = self.store.known(PEOPLE)
+        if self.store is not None and self.options.missing != "keep":
+            self.known = self.store.known(PEOPLE)  # before tonight's new people are added
         for chunk in chunks:
             self.unreadable += len(chunk.bad_rows)
             yield chunk
@@ -261,7 +261,7 @@ class _Reading:
                     self.unreadable,
                 )
             return []
-        self.absent, _ = store.absent(PEOPLE, limit=0)
+        self.absent = store.absent_count(PEOPLE)
         store.finish_seen(self.absent)
         if options.missing == "keep" or not self.absent:
             return []
@@ -284,7 +284,7 @@ class _Reading:
                 f"{too_many}: a run would remove nobody and exit 2. Nothing was sent; the"
                 ' results file lists them ("absent": true)'
             )
-        _, names = store.absent(PEOPLE)
+        names = store.absent(PEOPLE)
         op = _REMOVAL_OPS[options.missing]
         # A removal the results file already has accepted (a resumed run, killed after writing
         # it but before the state forgot the person) is not sent again.

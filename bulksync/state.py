@@ -54,6 +54,7 @@ _ADDED_COLUMNS = {
 }
 # Rows of one kind (bound twice); a row of an older state file (no kind) was a person's.
 _OF_KIND = "(kind = ? OR (kind IS NULL AND ? = 'people'))"
+_ABSENT = f"{_OF_KIND} AND identifier NOT IN temp.seen"
 # Identifiers seen in this run's input, for who is absent: per connection, never in the file.
 _SEEN = "CREATE TEMP TABLE seen (identifier TEXT PRIMARY KEY) WITHOUT ROWID"
 
@@ -178,19 +179,21 @@ class StateStore:
             ).fetchone()
         return int(count)
 
-    def absent(self, kind: str, limit: int | None = None) -> tuple[int, list[str]]:
-        """Known identifiers of `kind` that this run's input did not hold: their count, and
-        the first `limit` of them (all when None)."""
-        where = f"{_OF_KIND} AND identifier NOT IN temp.seen"
+    def absent_count(self, kind: str) -> int:
+        """How many known identifiers of `kind` this run's input did not hold."""
         with self._lock:
             (count,) = self._db.execute(
-                f"SELECT count(*) FROM state WHERE {where}", (kind, kind)
+                f"SELECT count(*) FROM state WHERE {_ABSENT}", (kind, kind)
             ).fetchone()
+        return int(count)
+
+    def absent(self, kind: str) -> list[str]:
+        """The known identifiers of `kind` this run's input did not hold, sorted."""
+        with self._lock:
             rows = self._db.execute(
-                f"SELECT identifier FROM state WHERE {where} ORDER BY identifier LIMIT ?",
-                (kind, kind, -1 if limit is None else limit),
+                f"SELECT identifier FROM state WHERE {_ABSENT} ORDER BY identifier", (kind, kind)
             ).fetchall()
-        return int(count), [row[0] for row in rows]
+        return [row[0] for row in rows]
 
     def finish_seen(self, absent: int) -> None:
         """This run read its whole input: the identifiers it held were last seen now."""
