@@ -73,6 +73,7 @@ import stat
 import sys
 import zipfile
 import zlib
+from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -81,10 +82,12 @@ from typing import BinaryIO, Literal, get_args
 
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from .defaults import DEFAULT_CHUNK_SIZE as DEFAULT_CHUNK_SIZE
 from .errors import InputError, UsageError
-from .lines import MAX_LINE, BoundedLines, LineTooLong, QuietLines, is_pipe
+from .lines import MAX_LINE, BoundedLines, ByteLines, LineTooLong, QuietLines, TextLines, is_pipe
 
 Format = Literal["csv", "jsonl"]
 
@@ -486,6 +489,8 @@ class _Pending:
 
     def _reset(self) -> None:
         self.cells: list[list[str]] = []
+        # Blocks of rows parsed whole by pyarrow (_arrow_rows), in order; `cells` follow them.
+        self.tables: list[pa.Table] = []
         self.rows: list[int] = []
         self.bad: list[tuple[int, str]] = []
         self.lines: dict[int, int] = {}
@@ -497,9 +502,25 @@ class _Pending:
     def full(self) -> bool:
         return len(self) >= self.max_rows or self.chars >= self.max_chars
 
+    def add_table(self, table: pa.Table) -> None:
+        """Rows parsed by pyarrow, after those added so far."""
+        self._cells_to_table()
+        self.tables.append(table)
+
+    def _cells_to_table(self) -> None:
+        if self.cells:
+            columns = [pa.array(column, pa.string()) for column in zip(*self.cells, strict=True)]
+            self.tables.append(pa.table(columns, names=self.header))
+            self.cells = []
+
     def chunk(self) -> Chunk:
         """The rows so far as a Chunk; the next chunk starts empty."""
-        frame = pd.DataFrame(self.cells, columns=self.header, dtype="str")
+        if self.tables:
+            self._cells_to_table()
+            # The same frame as from the cells: pandas' "str" columns hold arrow strings.
+            frame = pa.concat_tables(self.tables).combine_chunks().to_pandas()
+        else:
+            frame = pd.DataFrame(self.cells, columns=self.header, dtype="str")
         # The frame holds the values now: free the strings (an object per cell, several times
         # the text) before the chunk is normalized, rather than when the next one starts.
         chunk = Chunk(frame, self.rows, self.bad, self.lines)
@@ -524,20 +545,13 @@ class _CsvReader:
         self.quiet = quiet
 
     def chunks(self) -> Iterator[Chunk]:
-        text = None
-        source: BoundedLines[str] | QuietLines
-        if self.quiet is None:
-            text = io.TextIOWrapper(self.binary, encoding=self.encoding, newline="")
-            source = BoundedLines(text.readline)
-        else:
-            source = self.quiet
+        # A file's lines come in blocks (TextLines.batch), read as io.TextIOWrapper would read
+        # them; a pipe's as they arrive. The caller owns (and closes) the binary stream.
+        source: TextLines | QuietLines
+        source = TextLines(self.binary, self.encoding) if self.quiet is None else self.quiet
         self.source = source  # its count: the lines handed out, to place a decoding error
-        try:
-            self.feed = _Feed(source, self.quiet)
-            yield from self._chunks()
-        finally:
-            if text is not None:
-                text.detach()  # the caller owns (and closes) the binary stream, stdin included
+        self.feed = _Feed(source, self.quiet)
+        yield from self._chunks()
 
     def _reader(self) -> Iterator[list[str]]:
         # strict: a quote followed by text, or still open at the end, raises instead of
@@ -572,7 +586,35 @@ class _CsvReader:
             options.chunk_chars,
         )
         done = False
+        # A file (not a pipe) is read in blocks of lines by _block while nothing is unusual;
+        # the careful reader below takes over from a record _block leaves (a broken quote, a
+        # record running past the block) until the lines it was handed back are read.
+        blocks = self.source if isinstance(self.source, TextLines) else None
+        careful = blocks is None
+        self._whole = True
         while not done:
+            if not careful:
+                assert blocks is not None
+                try:
+                    batch = list(feed.replay) if feed.replay else blocks.batch()
+                except UnicodeDecodeError as exc:
+                    lines_before = self.source.count
+                    raise InputError(
+                        _undecodable(name, options.encoding, exc, lines_before)
+                    ) from None
+                except LineTooLong as exc:
+                    raise InputError(_too_long(name, exc)) from None
+                feed.replay.clear()
+                if not batch:
+                    break
+                used, row_no, line_no, done = yield from self._block(
+                    batch, pending, row_no, line_no, width, unnamed
+                )
+                if used < len(batch) and not done:
+                    feed.read_again(batch[used:])
+                    reader = self._reader()
+                    careful = True
+                continue
             # The loop over one reader; a broken quote raises csv.Error out of it, or the
             # row's check replaces the reader: the next one reads the swallowed lines again.
             try:
@@ -618,6 +660,9 @@ class _CsvReader:
                         break
                     if broken is not None:
                         break  # on with the new reader
+                    if blocks is not None and not feed.replay and line_no >= self.check_until:
+                        careful = False  # nothing unusual left: back to reading blocks
+                        break
                 else:
                     done = True
             except csv.Error as exc:
@@ -642,6 +687,129 @@ class _CsvReader:
                 raise InputError(_too_long(name, exc)) from None
         if pending or row_no == 0:  # a header-only file still shows its columns
             yield pending.chunk()
+
+    def _block(
+        self,
+        batch: list[str],
+        pending: _Pending,
+        row_no: int,
+        line_no: int,
+        width: int,
+        unnamed: int,
+    ) -> Generator[Chunk, None, tuple[int, int, int, bool]]:
+        """The rows of `batch` (lines read from a file, the first starting a record, no row to
+        prove itself), as the careful loop in _chunks would read them, yielding the chunks
+        they fill. Stops before a record it leaves to that loop: one whose quote breaks, one
+        that runs past the batch or over `limit` characters, one that swallowed rows.
+        Returns (the lines read, row_no, line_no, done: the row limit is reached)."""
+        limit = self.options.limit
+        delimiter = self.delimiter
+        records: Iterator[list[str]] | None = None  # the batch's records, one per line
+        table = _arrow_rows(batch, pending.header, delimiter)
+        if table is not None:
+            return (yield from self._whole_rows(batch, table, pending, row_no, line_no))
+        if self._whole:  # the last batch had one record per line: this one likely has too
+            rows: list[list[str]] = []
+            try:
+                rows.extend(csv.reader(batch, delimiter=delimiter, strict=True))
+            except csv.Error:
+                self._whole = False
+            else:
+                self._whole = len(rows) == len(batch)
+            if self._whole:
+                if min(map(len, rows)) == max(map(len, rows)) == width:
+                    # The common batch: every row as wide as the header, taken in slices as
+                    # the chunks' bounds allow.
+                    return (yield from self._whole_rows(batch, rows, pending, row_no, line_no))
+                records = iter(rows)  # blank lines, or rows of another width among them
+        reader = None
+        if records is None:  # read again, to learn the lines of each record
+            reader = csv.reader(batch, delimiter=delimiter, strict=True)
+            records = reader
+        held, max_record = self.feed.held, self.feed.limit
+        used = 0  # the lines of the records read
+        whole = True  # one line per record so far
+        try:
+            for fields in records:
+                n = 1 if reader is None else reader.line_num - used
+                start = line_no + 1
+                if not fields:  # a blank line is not a data row
+                    used += n
+                    line_no += n
+                    continue
+                if n == 1:
+                    chars = len(batch[used])
+                else:
+                    whole = False
+                    record = batch[used : used + n]
+                    chars = sum(map(len, record))
+                    if chars > max_record:
+                        break  # the careful loop raises LineTooLong for it
+                    held.extend(record)
+                    broken = self._swallowed(fields, width, start)
+                    held.clear()
+                    if broken is not None:
+                        break  # the careful loop leaves it out, and reads on after it
+                row_no += 1
+                pending.lines[row_no] = start
+                pending.chars += chars
+                line_no += n
+                used += n
+                if len(fields) != width:
+                    _without_trailing_empties(fields, width)
+                if len(fields) == width:
+                    pending.cells.append(fields)
+                    pending.rows.append(row_no)
+                else:
+                    pending.bad.append((row_no, self._ragged(len(fields), width, unnamed)))
+                if pending.full():
+                    yield pending.chunk()
+                if limit is not None and row_no >= limit:
+                    return used, row_no, line_no, True
+        except csv.Error:
+            whole = False  # the record from line `used` on: the careful loop reads it again
+        self._whole = whole
+        return used, row_no, line_no, False
+
+    def _whole_rows(
+        self,
+        batch: list[str],
+        rows: list[list[str]] | pa.Table,
+        pending: _Pending,
+        row_no: int,
+        line_no: int,
+    ) -> Generator[Chunk, None, tuple[int, int, int, bool]]:
+        """`rows` (row i read from line i of `batch`, each as wide as the header) into the
+        pending chunk, cut where the row-by-row loop would cut it."""
+        limit = self.options.limit
+        i, n = 0, len(rows)
+        while i < n:
+            take = min(n - i, pending.max_rows - len(pending))
+            if limit is not None:
+                take = min(take, limit - row_no)
+            lines = batch[i : i + take]
+            chars = sum(map(len, lines))
+            if pending.chars + chars >= pending.max_chars:
+                # The chunk is full at the first row that brings it to max_chars characters.
+                sums = list(itertools.accumulate(map(len, lines), initial=pending.chars))
+                take = bisect_left(sums, pending.max_chars)
+                chars = sums[take] - pending.chars
+            numbers = range(row_no + 1, row_no + take + 1)
+            if isinstance(rows, pa.Table):
+                pending.add_table(rows.slice(i, take))
+            else:
+                pending.cells.extend(rows[i : i + take])
+            pending.rows.extend(numbers)
+            pending.lines.update(zip(numbers, range(line_no + 1, line_no + take + 1), strict=True))
+            pending.chars += chars
+            row_no += take
+            line_no += take
+            i += take
+            if pending.full():
+                yield pending.chunk()
+            if limit is not None and row_no >= limit:
+                return i, row_no, line_no, True
+        return i, row_no, line_no, False
 
     def _left_out(
         self, pending: _Pending, row_no: int, broken: _Broken, start: int
@@ -847,6 +1015,41 @@ class _CsvReader:
         return _Broken(reason, start + len(held) - 1)
 
 
+def _arrow_rows(batch: list[str], header: list[str], delimiter: str) -> pa.Table | None:
+    """The rows of `batch` parsed by pyarrow (several times faster than the csv module), when
+    that is sure to give what the csv module gives: every line a row as wide as the header,
+    no quote anywhere (so no multi-line cell, no quoting to judge strictly), no blank line, no
+    field past csv's size limit. None otherwise: the csv module reads the batch."""
+    text = "".join(batch)
+    field_limit = csv.field_size_limit()
+    if (
+        '"' in text
+        or text.startswith("\ufeff")  # pyarrow would drop a byte-order mark starting its text
+        or not (delimiter.isascii() and delimiter not in "\r\n")
+        or (len(text) > field_limit and max(map(len, batch)) > field_limit)
+    ):
+        return None
+    try:
+        table = pa_csv.read_csv(
+            io.BytesIO(text.encode()),
+            read_options=pa_csv.ReadOptions(
+                column_names=header, block_size=max(1 << 20, 2 * len(text)), use_threads=False
+            ),
+            parse_options=pa_csv.ParseOptions(
+                delimiter=delimiter, quote_char=False, newlines_in_values=False
+            ),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=dict.fromkeys(header, pa.string()),
+                strings_can_be_null=False,
+                null_values=[],
+            ),
+        )
+    except (pa.ArrowInvalid, UnicodeEncodeError):  # a row of another width
+        return None
+    # pyarrow skips blank lines, which count as lines here: then the rows' lines are unknown.
+    return table if table.num_rows == len(batch) else None
+
+
 def _width(line: str, delimiter: str, width: int) -> int:
     """The fields of a line without quotes, trailing empty ones beyond `width` not counted."""
     return len(_without_trailing_empties(line.rstrip("\r\n").split(delimiter), width))
@@ -892,7 +1095,7 @@ def _read_jsonl(
     codec = codecs.lookup(encoding).name
     utf8 = codec in ("utf-8", "utf-8-sig")
     text = None
-    source: Iterator[bytes] | Iterator[str]
+    source: Iterator[bytes] | Iterator[str] | ByteLines
     if lines is not None:
         source = lines
     elif not utf8 and "\n".encode(encoding) != b"\n":
@@ -901,7 +1104,7 @@ def _read_jsonl(
         text = io.TextIOWrapper(binary, encoding=encoding, newline="\n")
         source = BoundedLines(text.readline)
     else:
-        source = BoundedLines(binary.readline)
+        source = ByteLines(binary)  # read in blocks, parsed many lines at a time
     objects: list[dict[str, object]] = []
     rows: list[int] = []
     bad: list[tuple[int, str]] = []
@@ -911,41 +1114,75 @@ def _read_jsonl(
     chunk_size, max_cells, max_chars = options.chunk_size, options.chunk_cells, options.chunk_chars
     row_no = line_no = 0
     first = True
+    done = False
     try:
-        for raw in source:
-            line = raw.strip()
-            if first and isinstance(line, bytes):
-                line, first = line.removeprefix(UTF8_BOM), False
-            if lines is not None and lines.quiet:  # not a line: the pipe went quiet
-                if rows or bad:
+        for batch, parsed in _jsonl_batches(source):
+            n = len(batch)
+            if n > 1 and None not in parsed:
+                # Every line an object that can be a row: when the chunk stays within its
+                # bounds after the last of them, it does after each (rows, keys and characters
+                # only grow), so they are taken at once.
+                wider = keys.union(*parsed)  # type: ignore[arg-type]
+                size = sum(map(len, batch))
+                if (
+                    (options.limit is None or row_no + n < options.limit)
+                    and len(rows) + len(bad) + n < chunk_size
+                    and (len(rows) + n) * len(wider) < max_cells
+                    and len(wider) <= MAX_COLUMNS
+                    and chars + size < max_chars
+                ):
+                    numbered = range(row_no + 1, row_no + n + 1)
+                    keys = wider
+                    objects.extend(parsed)  # type: ignore[arg-type]
+                    rows.extend(numbered)
+                    numbers.update(zip(numbered, range(line_no + 1, line_no + n + 1), strict=True))
+                    chars += size
+                    row_no += n
+                    line_no += n
+                    continue
+            for raw, pre in zip(batch, parsed, strict=True):
+                line = raw.strip()
+                if first and isinstance(line, bytes):
+                    line, first = line.removeprefix(UTF8_BOM), False
+                if lines is not None and lines.quiet:  # not a line: the pipe went quiet
+                    if rows or bad:
+                        yield _jsonl_chunk(objects, rows, bad, numbers)
+                        objects, rows, bad, numbers, keys, chars = [], [], [], {}, set(), 0
+                    continue
+                line_no += 1
+                if not line:
+                    continue  # blank lines are not counted as rows
+                row_no += 1
+                chars += len(raw)
+                if pre is None:
+                    obj, reason = _parse_object(line, utf8, encoding, options.encoding)
+                else:  # parsed and checked already
+                    obj, reason = pre, ""
+                if obj is None:
+                    bad.append((row_no, reason))
+                else:
+                    keys.update(obj)
+                    if rows and (
+                        len(keys) > MAX_COLUMNS or (len(rows) + 1) * len(keys) > max_cells
+                    ):
+                        # Its keys would make the frame too wide, or too large: cut before it.
+                        yield _jsonl_chunk(objects, rows, bad, numbers)
+                        objects, rows, bad, numbers = [], [], [], {}
+                        keys, chars = set(obj), len(raw)
+                    objects.append(obj)
+                    rows.append(row_no)
+                numbers[row_no] = line_no
+                if (
+                    len(rows) + len(bad) >= chunk_size
+                    or len(rows) * len(keys) >= max_cells
+                    or chars >= max_chars
+                ):
                     yield _jsonl_chunk(objects, rows, bad, numbers)
                     objects, rows, bad, numbers, keys, chars = [], [], [], {}, set(), 0
-                continue
-            line_no += 1
-            if not line:
-                continue  # blank lines are not counted as rows
-            row_no += 1
-            chars += len(raw)
-            obj, reason = _parse_object(line, utf8, encoding, options.encoding)
-            if obj is None:
-                bad.append((row_no, reason))
-            else:
-                keys.update(obj)
-                if rows and (len(keys) > MAX_COLUMNS or (len(rows) + 1) * len(keys) > max_cells):
-                    # Its keys would make the frame too wide, or too large: cut before it.
-                    yield _jsonl_chunk(objects, rows, bad, numbers)
-                    objects, rows, bad, numbers, keys, chars = [], [], [], {}, set(obj), len(raw)
-                objects.append(obj)
-                rows.append(row_no)
-            numbers[row_no] = line_no
-            if (
-                len(rows) + len(bad) >= chunk_size
-                or len(rows) * len(keys) >= max_cells
-                or chars >= max_chars
-            ):
-                yield _jsonl_chunk(objects, rows, bad, numbers)
-                objects, rows, bad, numbers, keys, chars = [], [], [], {}, set(), 0
-            if options.limit is not None and row_no >= options.limit:
+                if options.limit is not None and row_no >= options.limit:
+                    done = True
+                    break
+            if done:
                 break
     except UnicodeDecodeError as exc:  # from decoding UTF-16/32 text, or a pipe's
         raise InputError(_undecodable(name, options.encoding, exc, line_no)) from None
@@ -981,6 +1218,14 @@ def _parse_object(
         return None, f"malformed JSON: {exc.msg} (column {exc.colno})"
     except UnicodeDecodeError as exc:
         return None, f"malformed JSON: not valid {given} text ({exc})"
+    return _checked(obj, document)
+
+
+def _checked(
+    obj: object, document: bytes | str
+) -> tuple[dict[str, object], str] | tuple[None, str]:
+    """(`obj`, "") when it can be a row, else (None, why the row is invalid); `document`: the
+    JSON text it was read from."""
     if not isinstance(obj, dict):
         return None, f"line is JSON {type(obj).__name__}, not an object"
     if len(obj) > MAX_COLUMNS:
@@ -1007,6 +1252,51 @@ def _parse_object(
                 " as a rounded float); write it as a string"
             )
     return obj, ""
+
+
+_NEEDS_LOOKING = frozenset((float, dict, list))  # value types _checked looks inside
+
+
+def _jsonl_batches(
+    source: Iterator[bytes] | Iterator[str] | ByteLines,
+) -> Iterator[tuple[Sequence[bytes | str], list[dict[str, object] | None]]]:
+    """The lines of `source` in batches, each line with its object when the line is known to be
+    one that can be a row (what _parse_object would return, with no reason), else None: the
+    reader parses it.
+
+    From a ByteLines (UTF-8 bytes from a file), lines are parsed a block at a time, and checked
+    a block at a time when none of their values needs a closer look; any other source's lines
+    are left to the reader, one at a time."""
+    if not isinstance(source, ByteLines):
+        for raw in source:
+            yield [raw], [None]
+        return
+    loads = orjson.loads
+    first = True
+    while batch := source.batch():
+        parsed: list[dict[str, object] | None] = []
+        if first:  # the reader takes a byte-order mark off the first line
+            parsed.append(None)
+            first = False
+        while len(parsed) < len(batch):
+            try:
+                parsed.extend(map(loads, itertools.islice(batch, len(parsed), None)))
+            except orjson.JSONDecodeError:
+                parsed.append(None)  # the reader parses it again, to say why
+        objs = [o for o in parsed if o is not None]
+        simple = (
+            set(map(type, objs)) <= {dict}
+            and max(map(len, objs), default=0) <= MAX_COLUMNS
+            and _NEEDS_LOOKING.isdisjoint(
+                map(type, itertools.chain.from_iterable(map(dict.values, objs)))
+            )
+        )
+        if not simple:
+            parsed = [
+                None if o is None or _checked(o, raw.strip())[0] is None else o
+                for raw, o in zip(batch, parsed, strict=True)
+            ]
+        yield batch, parsed
 
 
 def _huge_float(value: dict[str, object] | list[object]) -> bool:
