@@ -8,6 +8,7 @@ import importlib
 import typing
 
 if typing.TYPE_CHECKING:
+    from .answers import Credentials
     from .api import SyncOptions, retry, sync
     from .connection import SendOptions, check
     from .errors import AbortError, BulksyncError, CredentialsError, InputError, UsageError
@@ -17,16 +18,15 @@ if typing.TYPE_CHECKING:
     from .normalize import NormalizeOptions, Rejection
     from .operations import KINDS, Record
     from .results import Summary
-    from .send import StopHandle
     from .source import SourceOptions
-    from .track import Credentials
+    from .stop import StopHandle
 
 # Exported name -> (module, its name there).
 _LAZY = {
     "KINDS": ("operations", "KINDS"),
     "AbortError": ("errors", "AbortError"),
     "BulksyncError": ("errors", "BulksyncError"),
-    "Credentials": ("track", "Credentials"),
+    "Credentials": ("answers", "Credentials"),
     "CredentialsError": ("errors", "CredentialsError"),
     "InputError": ("errors", "InputError"),
     "NormalizeOptions": ("normalize", "NormalizeOptions"),
@@ -34,7 +34,7 @@ _LAZY = {
     "Rejection": ("normalize", "Rejection"),
     "SendOptions": ("connection", "SendOptions"),
     "SourceOptions": ("source", "SourceOptions"),
-    "StopHandle": ("send", "StopHandle"),
+    "StopHandle": ("stop", "StopHandle"),
     "Summary": ("results", "Summary"),
     "SyncOptions": ("api", "SyncOptions"),
     "UsageError": ("errors", "UsageError"),

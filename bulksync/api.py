@@ -15,15 +15,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
+from .answers import Credentials, resolve_base_url
+from .connection import SendOptions
 from .connection import check as check  # the library's check(): in the API's import list
 from .defaults import MISSING
 from .errors import UsageError
 from .normalize import ColumnPlan, NormalizeOptions, Rejection, normalize, plan_columns
 from .operations import DELETIONS, KINDS, PEOPLE, SUPPRESSIONS, Kind, Record
 from .outcomes import Outcomes, Progress, no_progress
-from .plan import Items, Repeats, Unchanged, changed, last_rows, pending, superseded
-from .policy import check_credentials
-from .ratelimit import BATCH_MARGIN, DEFAULT_MARGIN, RateLimiter
+from .plan import Items, Repeats, changed, last_rows, pending, superseded
 from .results import (
     REMOVAL_ROW,
     InputIdentity,
@@ -36,10 +39,9 @@ from .results import (
     read_lines,
     rotate_finished,
 )
-from .send import Sender, SendOptions, StopHandle
 from .source import Chunk, SourceOptions, is_stream, read_chunks
 from .state import StateStore
-from .track import Credentials, TrackClient, resolve_base_url
+from .stop import StopHandle
 
 logger = logging.getLogger("bulksync")
 
@@ -167,20 +169,25 @@ def sync(
             ) as log,
             _state(options, input_path) as store,
         ):
+            last = None  # row -> the later row of its identifier that replaces it
+            # Only a person's last row counts: find who repeats, reading ahead once. (Standard
+            # input cannot be read twice: there, each repeat is compared with the row before
+            # it, which ends right but sends every version.)
+            reads_ahead = kind.last_wins and not is_stream(input_path)
+            if store is not None and not options.full and reads_ahead:
+                last = _last_rows(input_path, options, column_plan)
             repeats = Repeats()
             reading = _Reading(store if kind.name == PEOPLE else None, options, log)
             items: Iterator[Items] = (
-                repeats.observe(reading.see(normalize(chunk, column_plan)))
+                reading.see(normalize(chunk, column_plan))
                 for chunk in reading.watch(itertools.chain([first], chunks))
             )
+            if last != {}:  # {}: read ahead, nobody repeats
+                items = (repeats.observe(batch) for batch in items)
             if log.resumed:
                 items = (pending(batch, log) for batch in items)
             if store is not None and not options.full:
-                if kind.last_wins and not is_stream(input_path):
-                    # Only a person's last row counts: find who repeats, reading ahead once.
-                    # (Standard input cannot be read twice: there, each repeat is compared
-                    # with the row before it, which ends right but sends every version.)
-                    last = _last_rows(input_path, options, column_plan)
+                if last:
                     items = (superseded(batch, last) for batch in items)
                 items = (changed(batch, store) for batch in items)
             outcomes = Outcomes(log, progress or no_progress, store, kind.name)
@@ -392,6 +399,8 @@ def _last_rows(input_path: str, options: SyncOptions, column_plan: ColumnPlan) -
     name each person once: that is found from the identifier's columns alone, normalized
     without the others; only when an identifier repeats are the rows read again in full, since
     an invalid row (for any column) is not the last row of its person."""
+    if _ids_unique(input_path, options, column_plan):
+        return {}
     keys = [c for c in (column_plan.id_column, *column_plan.roles) if c is not None]
     repeats = Repeats()
     with contextlib.closing(read_chunks(input_path, options.source)) as chunks:
@@ -404,6 +413,26 @@ def _last_rows(input_path: str, options: SyncOptions, column_plan: ColumnPlan) -
         return {}
     with contextlib.closing(read_chunks(input_path, options.source)) as chunks:
         return last_rows(normalize(chunk, column_plan) for chunk in chunks)
+
+
+def _ids_unique(input_path: str, options: SyncOptions, column_plan: ColumnPlan) -> bool:
+    """Does no identifier cell repeat? People named by a column other than an email are named
+    by the cell as written when it is a string (normalize._identifiers), so distinct cells are
+    distinct people: one column hashed, nothing normalized. False when that cannot be told so
+    (a JSON number among the identifiers, an email as identifier, another kind)."""
+    column = column_plan.id_column
+    if column is None or column_plan.kind.name != PEOPLE or column_plan.is_email(column):
+        return False
+    hashes = []
+    with contextlib.closing(read_chunks(input_path, options.source)) as chunks:
+        for chunk in chunks:
+            cells = chunk.frame.get(column)
+            if cells is None or not isinstance(cells.dtype, pd.StringDtype):
+                return False  # JSON's 1 and "1" name one person
+            cells = cells[cells.notna() & (cells != "")]  # no identifier: rejected, not a repeat
+            hashes.append(pd.util.hash_pandas_object(cells, index=False).to_numpy())
+    hashed = np.concatenate(hashes) if hashes else np.empty(0, dtype=np.uint64)
+    return len(np.unique(hashed)) == len(hashed)  # a collision only costs the full check
 
 
 def _require_yes(chunks: Iterator[Chunk], column_plan: ColumnPlan, done: set[int]) -> None:
@@ -436,13 +465,7 @@ def _state(options: SyncOptions, input_path: str) -> contextlib.AbstractContextM
 
 def _dry_run(items: Iterator[Items], outcomes: Outcomes) -> None:
     while (chunk := next(items, None)) is not None:
-        for item in chunk:
-            if isinstance(item, Record):
-                outcomes.valid(item)
-            elif isinstance(item, Unchanged):
-                outcomes.unchanged(item)
-            else:
-                outcomes.invalid(item)
+        outcomes.dry_run(chunk)
         outcomes.flush()
         del chunk  # free this chunk's rows before the next one is read
 
@@ -467,6 +490,12 @@ async def _send(
 ) -> _Sent:
     """Check the credentials, then send every record; then, unless stopped, the records
     `then()` gives (mirror mode's removals, known once every row was read)."""
+    # Here, not at the top: a dry run imports neither the sender nor aiohttp.
+    from .policy import check_credentials
+    from .ratelimit import BATCH_MARGIN, DEFAULT_MARGIN, RateLimiter
+    from .send import Sender
+    from .track import TrackClient
+
     send = options.send
     limiter = None
     if send.rate:

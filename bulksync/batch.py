@@ -68,8 +68,9 @@ class _Open:
         self.size = len(_OPEN) + len(_CLOSE)
         self.full = False
 
-    def add(self, record: Record, op: bytes, batch_size: int) -> bool:
-        """Add the operation if it fits; a batch that refuses one for its size is full."""
+    def add(self, record: Record, op: bytes, keys: tuple[str, ...], batch_size: int) -> bool:
+        """Add the operation (touching `keys`) if it fits; a batch that refuses one for its
+        size is full."""
         added = len(op) + (1 if self.operations else 0)  # the comma between operations
         # "< 500 KB": a request of exactly MAX_REQUEST_BYTES is already too large.
         if self.full or (self.operations and self.size + added >= MAX_REQUEST_BYTES):
@@ -77,7 +78,7 @@ class _Open:
             return False
         self.records.append(record)
         self.operations.append(op)
-        self.identifiers.update(order_keys(record))
+        self.identifiers.update(keys)
         self.size += added
         self.full = len(self.operations) >= batch_size
         return True
@@ -111,11 +112,11 @@ def pack(records: Iterable[Record], batch_size: int) -> Iterator[Batch | Rejecti
         while after and batches[after - 1].identifiers.isdisjoint(keys):
             after -= 1
         for candidate in batches[after:]:
-            if candidate.add(record, op, batch_size):
+            if candidate.add(record, op, keys, batch_size):
                 break
         else:
             batches.append(_Open())
-            batches[-1].add(record, op, batch_size)
+            batches[-1].add(record, op, keys, batch_size)
         # Batches leave in order, the first as soon as it is full (or too many are open).
         while batches and (batches[0].full or len(batches) > MAX_OPEN_BATCHES):
             yield batches.pop(0).batch()

@@ -1,20 +1,43 @@
 """How to reach and pace the Track API (`SendOptions`), and the credentials check (`check`).
 
-Apart from the sender so that `bulksync check` (and `bulksync.check`) need aiohttp but not
-pandas: the sender imports the whole pipeline. `send.SendOptions` is this one.
+Apart from the sender so that `bulksync check` (and `bulksync.check`) import neither pandas
+(the sender imports the whole pipeline) nor aiohttp, nor asyncio: the check sends its one
+request, GET /api/v1/accounts/region, with the standard library's http.client, and decides
+what each answer means and when to ask again with the same code as the aiohttp client that
+sync uses (`answers.py`). `send.SendOptions` is this one.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import http.client
 import math
+import socket
+import ssl
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
+from yarl import URL
+
+from .answers import (
+    DEFAULT_TIMEOUT,
+    MAX_ANSWER_BYTES,
+    REGION_PATH,
+    REGIONS,
+    Backoff,
+    CheckRetries,
+    Credentials,
+    Response,
+    answer,
+    network_error,
+    request_headers,
+    resolve_base_url,
+    timed_out,
+)
 from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_WAIT
 from .errors import UsageError
-from .policy import Backoff, check_credentials
-from .track import DEFAULT_TIMEOUT, REGIONS, Credentials, TrackClient, resolve_base_url
 
 
 @dataclass(frozen=True)
@@ -74,16 +97,91 @@ class SendOptions:
 
 def check(options: SendOptions | None = None, credentials: Credentials | None = None) -> Any:
     """Verify the credentials; return the account's region answer
-    (`{"url": ..., "region": ..., "environment_id": ...}`)."""
+    (`{"url": ..., "region": ..., "environment_id": ...}`).
+
+    Retries as the sync's own check does (`policy.check_credentials`: the same decisions,
+    `answers.CheckRetries`), without the rate limiter a single request does not need."""
     options = options or SendOptions()
     credentials = credentials or Credentials.from_env()
     base_url = resolve_base_url(options.region, options.base_url)
+    url = URL(base_url + REGION_PATH, encoded=True)
+    headers = {**request_headers(credentials), "Accept": "*/*"}  # aiohttp's Accept too
+    retries = CheckRetries(base_url, options.max_retries, options.backoff, options.max_wait)
+    context = None
+    if url.scheme == "https":
+        context = ssl.create_default_context()  # certificates and host name verified
+        context.set_alpn_protocols(["http/1.1"])  # as aiohttp's default context
+    while True:
+        response = _get(url, headers, options.timeout, context)
+        delay = retries.after(response)
+        if delay is None:
+            return response.body
+        time.sleep(delay)
 
-    async def run() -> Any:
-        async with TrackClient(base_url, credentials, timeout=options.timeout) as client:
-            account, _ = await check_credentials(
-                client, None, options.max_retries, options.backoff, options.max_wait
-            )
-            return account.body
 
-    return asyncio.run(run())
+def _get(
+    url: URL, headers: dict[str, str], timeout: float, context: ssl.SSLContext | None
+) -> Response:
+    """GET `url` on a new connection (TLS with `context` for https). As `TrackClient.request`
+    does: no redirect followed, no proxy (http.client reads none from the environment; aiohttp
+    does not by default), at most MAX_ANSWER_BYTES read, and at most `timeout` seconds for the
+    whole of it, as aiohttp's total timeout (http.client's own is for each connect or read: a
+    watchdog shuts the socket down when the time is up). Never raises for network trouble."""
+    assert url.raw_host is not None  # resolve_base_url refuses a URL without a host
+    connection: http.client.HTTPConnection
+    if context is not None:
+        connection = http.client.HTTPSConnection(
+            url.raw_host, url.port, timeout=timeout, context=context
+        )
+    else:
+        connection = http.client.HTTPConnection(url.raw_host, url.port, timeout=timeout)
+    # The connection lets go of its socket (sock None) once an answer says "Connection: close",
+    # while the answer is still read from it: the watchdog keeps its own reference.
+    sockets: list[socket.socket] = []
+    expired = threading.Event()
+
+    def expire() -> None:  # in the timer's thread
+        expired.set()
+        for sock in (connection.sock, *sockets):  # during a TLS handshake, the TCP socket
+            if sock is not None:
+                with contextlib.suppress(OSError):  # closed meanwhile
+                    # The plain socket's shutdown, on a TLS one too: a blocked read returns.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(timeout, expire)
+    watchdog.daemon = True
+    resp: http.client.HTTPResponse | None = None
+    watchdog.start()
+    try:
+        connection.connect()  # the TCP connect is bounded by the socket's own timeout
+        if connection.sock is not None:
+            sockets.append(connection.sock)
+        if expired.is_set():
+            raise TimeoutError
+        connection.request("GET", url.raw_path, headers=headers)
+        resp = connection.getresponse()
+        raw = _read_capped(resp)
+    except (OSError, http.client.HTTPException) as exc:
+        if expired.is_set() or isinstance(exc, TimeoutError):
+            return timed_out(timeout)
+        return network_error(exc)
+    finally:
+        watchdog.cancel()
+        if resp is not None:
+            resp.close()  # after "Connection: close", the socket is the answer's to close
+        connection.close()
+    if expired.is_set():  # the answer may have been cut short
+        return timed_out(timeout)
+    return answer(resp.status, raw, resp.headers)
+
+
+def _read_capped(resp: http.client.HTTPResponse) -> bytes | None:
+    """The answer's body, or None past MAX_ANSWER_BYTES (as `track._read_capped`)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := resp.read(64 * 1024):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)

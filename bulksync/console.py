@@ -80,9 +80,14 @@ class ProgressBar:
         )
 
     def __call__(self, status: str) -> None:
-        self.counts[status] += 1
+        self.add(status)
+
+    def add(self, status: str, rows: int = 1) -> None:
+        """`rows` outcomes of `status` (a dry run tells a chunk's at once, not row by row: the
+        bar is drawn at most 10 times a second whichever)."""
+        self.counts[status] += rows
         if self._bar is not None:
-            self._bar.update(1)
+            self._bar.update(rows)
             if status in ("failed", "invalid"):
                 self._bar.set_postfix_str(
                     f"failed={self.counts['failed']} invalid={self.counts['invalid']}",

@@ -40,12 +40,13 @@ import orjson
 
 from . import mapping as mappings
 from .api import SyncOptions, check_input, sync
+from .connection import SendOptions
 from .errors import BulksyncError, OutputError, UsageError
 from .files import check_output, open_private, take_lock
 from .outcomes import Progress
 from .results import InputIdentity, Summary, read_header
-from .send import SendOptions, StopHandle
 from .source import SourceOptions
+from .stop import StopHandle
 from .track import Credentials
 
 _NUMBER = (int, float)

@@ -1,8 +1,9 @@
 """Turn a chunk of input rows into `Record`s to send and `Rejection`s to report.
 
-Pure functions: no files, no network, no clock. Work is vectorised per column with pandas; only
-the final assembly of each row's attribute dict is a Python loop, because the output is one dict
-per row.
+Pure functions: no files, no network, no clock. Work is vectorised per column: a CSV column's
+strings are checked whole in pyarrow (no Python object per cell for a check), a JSONL column's
+with pandas and numpy. Only the assembly of each row's attribute dict is a Python loop, because
+the output is one dict per row; it fills the dicts a column at a time.
 
 What a row becomes:
 - its identifier comes from the identifier column (`id`, else `email`, or `--id-column`);
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple, cast, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -24,6 +25,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from email_validator import EmailNotValidError, validate_email
 
 from .errors import UsageError
@@ -401,7 +404,7 @@ def normalize(chunk: Chunk, plan: ColumnPlan) -> list[Record | Rejection]:
     reasons: Objects = np.full(n, None, dtype=object)
     outputs: dict[str, Objects] = {}
     role_values: dict[str, Objects] = {}
-    id_values: Objects = np.full(n, None, dtype=object)
+    identified: tuple[Objects, Objects] | None = None  # the identifier column's (ids, reasons)
     filled: dict[str, Mask] = {}
     for column in frame.columns:
         if column in BULKSYNC_COLUMNS:
@@ -420,9 +423,11 @@ def normalize(chunk: Chunk, plan: ColumnPlan) -> list[Record | Rejection]:
         values, errors = _convert(column, s, missing, plan)
         _first_reason(reasons, errors)
         if column == plan.id_column:
-            id_values = values
+            strings = _string_array(values)  # made once for both checks
             if not plan.is_email(column):
-                _first_reason(reasons, _addresses(column, values))
+                _first_reason(reasons, _addresses(column, values, strings))
+            # Its reasons come after every column's, as the first problem found is reported.
+            identified = _identifiers(column, values, strings)
             if kind.name != PEOPLE:
                 continue  # it names the person; only people send it as an attribute
         if role is not None:
@@ -433,24 +438,24 @@ def normalize(chunk: Chunk, plan: ColumnPlan) -> list[Record | Rejection]:
         name = plan.output_name(column)
         if opts.empty == "clear":
             values[missing] = ""
-        sent = cast(Mask, pd.notna(values))
         if kind.attribute_limits and len(name.encode()) > MAX_NAME_BYTES:
             message = f"attribute name {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes"
-            _first_reason(reasons, _where(sent, message))
+            _first_reason(reasons, _where(cast(Mask, pd.notna(values)), message))
         if name == "id" and column != plan.id_column and kind.name == PEOPLE:
             # plan_columns() refuses this up front; a JSONL key first seen later gets here.
             message = (
                 f"{column}: an 'id' attribute would differ from the identifier"
                 f" (column {plan.id_column!r}); pass --exclude id, or --rename id=OTHER_NAME"
             )
-            _first_reason(reasons, _where(sent, message))
+            _first_reason(reasons, _where(cast(Mask, pd.notna(values)), message))
         outputs[name] = values
 
     ids: Objects = np.full(n, None, dtype=object)
     if plan.id_column is not None:
-        ids, id_errors = _identifiers(plan.id_column, id_values)
+        if identified is None:  # a JSONL chunk without the key: every row lacks it
+            identified = _identifiers(plan.id_column, np.full(n, None, dtype=object), None)
+        ids, id_errors = identified
         _first_reason(reasons, id_errors)
-    added = _added(opts.attributes, opts.when_filled, filled, n)
     extra = (1 if opts.update_only else 0) + len(opts.attributes)
     extra += sum(len(flags) for flags in opts.when_filled.values())
     if kind.attribute_limits and len(outputs) + extra > MAX_ATTRIBUTES:
@@ -458,65 +463,100 @@ def normalize(chunk: Chunk, plan: ColumnPlan) -> list[Record | Rejection]:
         message = f"more than {MAX_ATTRIBUTES} attributes in one row"
         _first_reason(reasons, _where(counts > MAX_ATTRIBUTES, message))
 
-    names = list(outputs)
-    columns = [outputs[k].tolist() for k in names]
-    cells_by_row = zip(*columns, strict=True) if columns else itertools.repeat((), n)
-    role_names = list(role_values)
-    role_cells = [role_values[k].tolist() for k in role_names]
-    roles_by_row = zip(*role_cells, strict=True) if role_cells else itertools.repeat((), n)
-    result: list[Record | Rejection] = []
-    for row, reason, identifier, cells, role_row, more in zip(
-        chunk.rows, reasons.tolist(), ids.tolist(), cells_by_row, roles_by_row, added, strict=True
-    ):
-        if reason is not None:
-            result.append(Rejection(row, identifier, reason))
-            continue
-        data = {k: v for k, v in zip(names, cells, strict=True) if v is not None}
-        if more:
-            data.update(more)
-        if kind.name == PEOPLE:  # the common case, kept free of the kind's building
-            if opts.update_only:
-                data["_update"] = True
-            result.append(Record(row, identifier, data))
-            continue
-        given = {k: v for k, v in zip(role_names, role_row, strict=True) if v is not None}
-        given.update(opts.constants)
-        try:
-            key, payload = kind.build(identifier, given, data)
-        except Invalid as exc:
-            where = plan.role_source(exc.role)
-            reason = f"{where}: {exc}" if where else str(exc)
-            result.append(Rejection(row, identifier or exc.identifier, reason))
-        else:
-            result.append(Record(row, key, payload, kind.name))
+    identifiers = ids.tolist()
+    data = _dicts(outputs, n)
+    _add(data, opts.attributes, opts.when_filled, filled)
+    if kind.name == PEOPLE:  # the common case: the payload is the row's data
+        if opts.update_only:
+            for attributes in data:
+                attributes["_update"] = True
+        result = _people(chunk, reasons, identifiers, data)
+    else:
+        result = _built(chunk, plan, reasons, identifiers, data, _dicts(role_values, n))
     if chunk.bad_rows:
-        result.extend(Rejection(row, None, reason) for row, reason in chunk.bad_rows)
+        lines = chunk.lines
+        result.extend(
+            Rejection(row, None, reason, lines.get(row)) for row, reason in chunk.bad_rows
+        )
         result.sort(key=lambda item: item.row)
-    if chunk.lines:  # a rejected row's line, for the person who fixes the file
-        result = [
-            item._replace(line=chunk.lines.get(item.row)) if isinstance(item, Rejection) else item
-            for item in result
-        ]
     return result
 
 
-def _added(
+def _people(
+    chunk: Chunk, reasons: Objects, identifiers: list[str | None], data: list[dict[str, Any]]
+) -> list[Record | Rejection]:
+    """People's rows: a Record of each row's data, or a Rejection for a row with a reason."""
+    rows = chunk.rows
+    if not len(rows) == len(identifiers) == len(data):  # as zip(..., strict=True) would
+        raise ValueError("normalize: a chunk's rows and values differ in length")
+    # Record(row, identifier, data), as Record._make builds it: tuple.__new__, run from C for
+    # the whole chunk rather than the namedtuple's Python __new__ once per row.
+    records = zip(rows, identifiers, data, itertools.repeat(PEOPLE))
+    result: list[Record | Rejection] = list(map(tuple.__new__, itertools.repeat(Record), records))
+    for i in np.flatnonzero(reasons).tolist():  # a reason is never empty: truthy
+        result[i] = Rejection(rows[i], identifiers[i], reasons[i], chunk.lines.get(rows[i]))
+    return result
+
+
+def _built(
+    chunk: Chunk,
+    plan: ColumnPlan,
+    reasons: Objects,
+    identifiers: list[str | None],
+    data: list[dict[str, Any]],
+    given: list[dict[str, Any]],
+) -> list[Record | Rejection]:
+    """The rows of a kind other than people, each built by its kind from its role values
+    (`given`) and its `data`; a Rejection for a row with a reason, or that its kind refuses."""
+    kind, constants, lines = plan.kind, plan.options.constants, chunk.lines
+    result: list[Record | Rejection] = []
+    for row, reason, identifier, values, attributes in zip(
+        chunk.rows, reasons.tolist(), identifiers, given, data, strict=True
+    ):
+        if reason is not None:
+            result.append(Rejection(row, identifier, reason, lines.get(row)))
+            continue
+        values.update(constants)
+        try:
+            key, payload = kind.build(identifier, values, attributes)
+        except Invalid as exc:
+            where = plan.role_source(exc.role)
+            reason = f"{where}: {exc}" if where else str(exc)
+            result.append(Rejection(row, identifier or exc.identifier, reason, lines.get(row)))
+        else:
+            result.append(Record(row, key, payload, kind.name))
+    return result
+
+
+def _dicts(columns: dict[str, Objects], n: int) -> list[dict[str, Any]]:
+    """Each row's cells that are not None, by name, in the order of `columns`.
+
+    Filled a column at a time: a plain loop per column costs less than a dict made per row
+    from a zip of its cells, and leaves out a None cell without a second pass."""
+    rows: list[dict[str, Any]] = [{} for _ in range(n)]
+    for name, values in columns.items():
+        for row, value in zip(rows, values.tolist(), strict=True):
+            if value is not None:
+                row[name] = value
+    return rows
+
+
+def _add(
+    data: list[dict[str, Any]],
     attributes: Mapping[str, Any],
     when_filled: Mapping[str, Mapping[str, Any]],
     filled: dict[str, Mask],
-    n: int,
-) -> Iterable[Mapping[str, Any] | None]:
-    """Per row, the attributes sent besides its cells: a mapping's `when_filled` attributes of
-    the columns it fills, then --set's (which win)."""
-    if not when_filled:
-        return itertools.repeat(attributes or None, n)
-    rows: list[dict[str, Any]] = [{} for _ in range(n)]
+) -> None:
+    """Add to each row's data the attributes sent besides its cells: a mapping's `when_filled`
+    attributes of the columns it fills, then --set's (which win). Added in that order to each
+    row, a key already there keeps its place and takes the new value, as a dict update does."""
     for column, flags in when_filled.items():
-        for i in np.flatnonzero(filled.get(column, np.zeros(n, dtype=bool))):
-            rows[i].update(flags)
-    for row in rows:
-        row.update(attributes)
-    return rows
+        if column in filled:
+            for i in np.flatnonzero(filled[column]).tolist():
+                data[i].update(flags)
+    for name, value in attributes.items():
+        for row in data:
+            row[name] = value
 
 
 # --- per-column conversion -------------------------------------------------------------------
@@ -540,6 +580,12 @@ def _convert(column: str, s: pd.Series, missing: Mask, plan: ColumnPlan) -> tupl
 
 
 def _missing(s: pd.Series) -> Mask:
+    strings = _arrow_strings(s)
+    if strings is not None:  # in pyarrow: pandas would wrap each step and convert the result
+        return _mask(pc.equal(pc.binary_length(strings), 0), null=True)
+    if s.dtype == object:  # JSONL: numpy's comparison, without pandas' null checks per cell
+        cells = s.to_numpy()
+        return cast(Mask, pd.isna(cells) | (cells == ""))
     return cast(Mask, (s.isna() | (s == "")).to_numpy(dtype=bool))
 
 
@@ -553,6 +599,10 @@ def _blank(s: pd.Series) -> Mask:
 
 def _first_reason(reasons: Objects, new: Objects) -> None:
     """Record `new` reasons for rows that have none yet (the first problem found is reported)."""
+    # A reason is never empty, so a column with no truthy cell has none: most columns, found
+    # without the slower null checks.
+    if not np.count_nonzero(new):
+        return
     take = pd.isna(reasons) & pd.notna(new)
     reasons[take] = new[take]
 
@@ -569,9 +619,9 @@ def _where(mask: Mask, message: str) -> Objects:
     return errors
 
 
-def _kinds(s: pd.Series, values: Objects) -> tuple[Mask, Mask]:
-    """Which cells hold strings, and which hold JSON numbers (not booleans)."""
-    present = cast(Mask, pd.notna(values))
+def _kinds(s: pd.Series, values: Objects, present: Mask) -> tuple[Mask, Mask]:
+    """Which cells hold strings, and which hold JSON numbers (not booleans). `present`: the
+    cells that are not None (`~missing` for `_objects(s, missing)`)."""
     none = np.zeros(len(values), dtype=bool)
     if s.dtype != object:  # a CSV column: every present cell is a string
         return present, none
@@ -616,19 +666,15 @@ def _text(
     the most bytes of a value; None for event data, which has no limit per value and may hold
     JSON objects and arrays (a JSONL event's properties), sent as they are."""
     values = _objects(s, missing)
-    is_str, is_number = _kinds(s, values)
-    strings = _strings(s, values, is_str)
+    present = ~missing  # what pd.notna(values) is: `missing` covers every null of `s`
+    is_str, is_number = _kinds(s, values, present)
     bad = np.zeros(len(values), dtype=bool)
-    wrong_type = pd.notna(values) & ~is_str & ~is_number
+    wrong_type = present & ~is_str & ~is_number
     if limit is None:
         wrong_type[:] = False
     elif wrong_type.any():
         wrong_type &= np.fromiter((type(v) is not bool for v in values), bool, len(values))
-    nul = np.zeros(len(values), dtype=bool)
-    nul[is_str] = strings.str.contains("\x00", regex=False).to_numpy(dtype=bool)
-    long = np.zeros(len(values), dtype=bool)
-    if limit is not None:
-        long[is_str] = _over_bytes(strings, limit)
+    nul, long = _bad_strings(s, values, is_str, limit)
     errors: Objects = np.full(len(values), None, dtype=object)
     for mask, message in (
         (
@@ -643,14 +689,69 @@ def _text(
     return values, errors
 
 
-def _over_bytes(strings: pd.Series, limit: int) -> Mask:
-    """Which strings are longer than `limit` bytes in UTF-8, encoding only the doubtful ones."""
-    chars = strings.str.len().to_numpy()
-    over = chars > limit
-    doubtful = np.flatnonzero((chars > limit // 4) & ~over)
-    for i in doubtful:
-        over[i] = len(str(strings.iat[int(i)]).encode()) > limit
-    return over
+def _bad_strings(
+    s: pd.Series, values: Objects, is_str: Mask, limit: int | None
+) -> tuple[Mask, Mask]:
+    """Which cells are strings holding a NUL, and which strings are longer than `limit` bytes
+    in UTF-8 (none when `limit` is None). Most columns can fail neither check, which the whole
+    column shows at once: cell by cell only when one may."""
+    n = len(values)
+    nul = np.zeros(n, dtype=bool)
+    long = np.zeros(n, dtype=bool)
+    strings = _arrow_strings(s)
+    if strings is not None:  # its strings are its present cells
+        nul = _containing(strings, "\x00")
+        if limit is not None:
+            lengths = pc.binary_length(strings)  # bytes in UTF-8
+            if (pc.max(lengths).as_py() or 0) > limit:
+                long = _mask(pc.greater(lengths, limit))
+        return nul, long
+    cells: list[str] = values[is_str].tolist()
+    if cells and "\x00" in "".join(cells):
+        nul[is_str] = ["\x00" in cell for cell in cells]
+    # A character takes at most 4 bytes: a string of at most limit // 4 is never too long.
+    if cells and limit is not None and max(map(len, cells)) > limit // 4:
+        long[is_str] = [
+            len(cell) > limit or (len(cell) > limit // 4 and len(cell.encode()) > limit)
+            for cell in cells
+        ]
+    return nul, long
+
+
+def _arrow_strings(s: pd.Series) -> Any:
+    """The pyarrow array behind a column of pandas' pyarrow-backed strings (a CSV column), for
+    checks that pyarrow runs on the whole column without a Python object per cell; None for
+    any other column (JSONL's objects)."""
+    if isinstance(s.dtype, pd.StringDtype) and s.dtype.storage == "pyarrow":
+        return pa.array(s.array)
+    return None
+
+
+def _string_array(values: Objects) -> Any:
+    """`values` as a pyarrow string array (None as null) when each is a string or None, as a
+    CSV column's are; else None (JSONL identifiers may be numbers)."""
+    try:
+        return pa.array(values, type=pa.large_string(), from_pandas=True)
+    except (pa.ArrowException, UnicodeError):
+        return None
+
+
+def _mask(booleans: Any, null: bool = False) -> Mask:
+    """A pyarrow boolean array as a numpy mask, nulls (None cells) counted as `null`."""
+    filled = pc.fill_null(booleans, null)
+    return np.asarray(filled.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _containing(strings: Any, needle: str) -> Mask:
+    """Which of `strings` (a pyarrow string array) contain `needle`. The bytes of all of them
+    are searched at once first, which is all most columns need (no NUL; identifiers without
+    an @): a slice's buffer may hold more than its strings, but never less."""
+    chunks = strings.chunks if isinstance(strings, pa.ChunkedArray) else [strings]
+    if all(pa.types.is_string(c.type) or pa.types.is_large_string(c.type) for c in chunks):
+        data = [c.buffers()[2] for c in chunks]
+        if not any(b is not None and needle.encode() in b.to_pybytes() for b in data):
+            return np.zeros(len(strings), dtype=bool)
+    return _mask(pc.match_substring(strings, needle))
 
 
 # An address this pattern matches is certainly valid for email-validator (a property test
@@ -667,16 +768,35 @@ _LONG_LABEL = r"[A-Za-z0-9-]{64}"
 
 def certainly_valid_emails(strings: pd.Series) -> Mask:
     """Addresses that need no call to email-validator (a conservative, vectorised pre-check)."""
-    if strings.empty:
-        return np.zeros(0, dtype=bool)
-    ok = (
-        strings.str.fullmatch(_SAFE_EMAIL)
-        & (strings.str.len() <= 254)
-        & (strings.str.find("@") <= 64)
-        & ~strings.str.contains(_LONG_LABEL)
-        & ~strings.str.contains(_SPECIAL_USE_TLD)
-    )
-    return cast(Mask, ok.to_numpy(dtype=bool, na_value=False))
+    arrow = _arrow_strings(strings)
+    if arrow is None:
+        arrow = pa.array(strings.tolist(), type=pa.large_string())
+    return _certainly_valid(arrow)
+
+
+def _certainly_valid(strings: Any) -> Mask:
+    """certainly_valid_emails() of a pyarrow string array, in pyarrow (RE2: `$` is the end of
+    the text)."""
+    ok = pc.match_substring_regex(strings, f"^(?:{_SAFE_EMAIL})$")
+    # The other conditions matter only for the strings the pattern matches, all ASCII: their
+    # bytes are their characters.
+    lengths = pc.binary_length(strings)
+    ok = pc.and_(ok, pc.less_equal(lengths, 254))
+    ok = pc.and_(ok, pc.less_equal(pc.find_substring(strings, "@"), 64))
+    if (pc.max(lengths).as_py() or 0) >= 64:  # a shorter string holds no 64-character label
+        ok = pc.and_not(ok, pc.match_substring_regex(strings, _LONG_LABEL))
+    ok = pc.and_not(ok, pc.match_substring_regex(strings, _SPECIAL_USE_TLD))
+    return _mask(ok)
+
+
+def _over_bytes(strings: pd.Series, limit: int) -> Mask:
+    """Which strings are longer than `limit` bytes in UTF-8, encoding only the doubtful ones."""
+    chars = strings.str.len().to_numpy()
+    over = chars > limit
+    doubtful = np.flatnonzero((chars > limit // 4) & ~over)
+    for i in doubtful:
+        over[i] = len(str(strings.iat[int(i)]).encode()) > limit
+    return over
 
 
 def email_problem(address: str) -> str | None:
@@ -698,10 +818,17 @@ def _emails(column: str, s: pd.Series, missing: Mask, limit: int | None) -> tupl
         s = pd.Series(cells, index=s.index, dtype=object)
     missing = missing | _missing(s)
     values, errors = _text(column, s, missing, limit)
-    is_str, _ = _kinds(s, values)
-    errors[pd.notna(values) & ~is_str & pd.isna(errors)] = f"{column}: an email must be a string"
+    present = ~missing  # as in _text: the cells of `values` that are not None
+    is_str, _ = _kinds(s, values, present)
+    not_str = present & ~is_str
+    if not_str.any():
+        errors[not_str & pd.isna(errors)] = f"{column}: an email must be a string"
     idx = np.flatnonzero(is_str)
-    safe = certainly_valid_emails(_strings(s, values, is_str))
+    strings = _arrow_strings(s)
+    if strings is not None:  # checked whole: its strings are its present cells
+        safe = _certainly_valid(strings)[idx]
+    else:
+        safe = certainly_valid_emails(_strings(s, values, is_str))
     for i in idx[~safe]:
         problem = email_problem(values[i])
         if problem is not None and errors[i] is None:
@@ -709,16 +836,20 @@ def _emails(column: str, s: pd.Series, missing: Mask, limit: int | None) -> tupl
     return values, errors
 
 
-def _addresses(column: str, values: Objects) -> Objects:
+def _addresses(column: str, values: Objects, strings: Any) -> Objects:
     """Reasons for the identifiers holding an invalid address: Customer.io reads a value with
-    an @ as an email, whatever its column is called."""
+    an @ as an email, whatever its column is called. `strings`: `values` as a pyarrow string
+    array, or None when some are not strings."""
     errors: Objects = np.full(len(values), None, dtype=object)
-    at = np.flatnonzero([type(v) is str and "@" in v for v in values.tolist()])
-    if len(at):
+    if strings is not None:
+        at = np.flatnonzero(_containing(strings, "@"))
+        safe = _certainly_valid(strings.take(at)) if len(at) else np.zeros(0, dtype=bool)
+    else:
+        at = np.flatnonzero([type(v) is str and "@" in v for v in values.tolist()])
         safe = certainly_valid_emails(pd.Series(values[at], dtype="str"))
-        for i in at[~safe]:
-            if (problem := email_problem(values[i])) is not None:
-                errors[i] = f"{column}: invalid email {_short(values[i])}: {problem}"
+    for i in at[~safe]:
+        if (problem := email_problem(values[i])) is not None:
+            errors[i] = f"{column}: invalid email {_short(values[i])}: {problem}"
     return errors
 
 
@@ -740,9 +871,10 @@ def _dates(
 ) -> tuple[Objects, Objects]:
     """Dates in any accepted form become integer Unix seconds (UTC)."""
     values = _objects(s, missing)
+    present = ~missing  # as in _text: the cells of `values` that are not None
     n = len(values)
     out: Objects = np.full(n, None, dtype=object)
-    is_str, numbers = _kinds(s, values)
+    is_str, numbers = _kinds(s, values, present)
     seconds = np.full(n, np.nan)
 
     if numbers.any():
@@ -759,7 +891,7 @@ def _dates(
 
     in_range = (seconds >= MIN_SECONDS) & (seconds <= MAX_SECONDS)
     out[in_range] = seconds[in_range].astype(np.int64).astype(object)
-    bad = pd.notna(values) & ~in_range
+    bad = present & ~in_range
     errors = _reasons_at(
         n,
         bad,
@@ -894,8 +1026,35 @@ _TYPED: dict[str, Converter] = {
 # --- identifiers -----------------------------------------------------------------------------
 
 
-def _identifiers(column: str, values: Objects) -> tuple[Objects, Objects]:
-    """The identifier of each row as the string sent in the URL, and why a row has none."""
+def _identifiers(column: str, values: Objects, strings: Any) -> tuple[Objects, Objects]:
+    """The identifier of each row as the string sent in the URL, and why a row has none.
+    `strings`: `values` as a pyarrow string array (a CSV column's), checked whole; None when
+    some are not strings (JSONL), then checked one by one."""
+    if strings is None:
+        return _identifiers_of_any(column, values)
+    ids = values.copy()
+    errors: Objects = np.full(len(values), None, dtype=object)
+    lengths = pc.binary_length(strings)  # bytes in UTF-8
+    errors[_mask(pc.greater(lengths, MAX_ID_BYTES))] = (
+        f"{column}: identifier is longer than {MAX_ID_BYTES} bytes"
+    )
+    empty = _mask(pc.equal(lengths, 0), null=True)
+    errors[empty] = f"{column}: empty identifier"
+    ids[empty] = None
+    for i in np.flatnonzero(_mask(pc.starts_with(strings, "."))).tolist():
+        if values[i].strip(".") == "":
+            errors[i] = _only_dots(column, values[i])
+            ids[i] = None
+    return ids, errors
+
+
+def _only_dots(column: str, value: str) -> str:
+    # "." and ".." are path segments: /customers/.. would reach another endpoint.
+    return f"{column}: identifier {_short(value)} is only dots, which a URL path cannot carry"
+
+
+def _identifiers_of_any(column: str, values: Objects) -> tuple[Objects, Objects]:
+    """_identifiers() of values of any JSON type, one by one."""
     n = len(values)
     ids: Objects = np.full(n, None, dtype=object)
     errors: Objects = np.full(n, None, dtype=object)
@@ -903,10 +1062,7 @@ def _identifiers(column: str, values: Objects) -> tuple[Objects, Objects]:
         if v is None or v == "":
             errors[i] = f"{column}: empty identifier"
         elif type(v) is str and v.strip(".") == "":
-            # "." and ".." are path segments: /customers/.. would reach another endpoint.
-            errors[i] = (
-                f"{column}: identifier {_short(v)} is only dots, which a URL path cannot carry"
-            )
+            errors[i] = _only_dots(column, v)
         elif type(v) is str:
             ids[i] = v
         elif type(v) is float and v.is_integer() and abs(v) > 2**53:

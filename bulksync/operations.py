@@ -206,7 +206,13 @@ def _build_people(
 
 
 def _operation_people(record: Record) -> dict[str, Any]:
-    return {**_person("identify")(record), "attributes": record.payload}
+    # Written out rather than built from _person: a batch serializes one per row.
+    return {
+        "type": "person",
+        "identifiers": identifiers(record.identifier),
+        "action": "identify",
+        "attributes": record.payload,
+    }
 
 
 # --- events: sent once, whatever happens ------------------------------------------------------

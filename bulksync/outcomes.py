@@ -3,15 +3,18 @@ callback and (for accepted rows) the diff state."""
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import cast
 
-from .console import printable
+from .console import ProgressBar, printable
 from .errors import OutputError
 from .normalize import Rejection
 from .operations import PEOPLE, Record, state_key
 from .plan import Unchanged
-from .results import REMOVAL_ROW, ResultsLog, Status, outcome_line
+from .results import REMOVAL_ROW, ResultsLog, Status, outcome_line, valid_lines
 from .state import StateStore
 
 Progress = Callable[[Status], None]
@@ -63,6 +66,68 @@ class Outcomes:
             record.row, record.identifier, "valid", record.op, payload=record.payload
         )
         self._write(record.row, "valid", line, record.identifier)
+
+    def dry_run(self, items: Sequence[Record | Unchanged | Rejection]) -> None:
+        """Dry run: each item's outcome, in order, as `valid`, `unchanged` and `invalid` write
+        it, for a chunk at once: its lines in one write, made a run of one kind at a time (the
+        rows that would be sent, the common case, without `valid`'s calls per row), and the
+        progress bar told once per status."""
+        try:
+            lines, statuses = self._dry_run_lines(items)
+        except TypeError:  # orjson cannot serialize a value: fail where one line at a time would
+            for item in items:
+                if type(item) is Record:
+                    self.valid(item)
+                elif type(item) is Unchanged:
+                    self.unchanged(item)
+                else:
+                    self.invalid(cast(Rejection, item))
+            return
+        rows = [item.row for item in items]
+        identifiers = [item.identifier for item in items]
+        try:
+            self.log.write_many(lines, rows, statuses, identifiers)
+        except OSError as exc:  # a full disk: one message and exit 3, never a traceback
+            raise OutputError.of(exc, self.log.path, "results file") from None
+        if isinstance(self.progress, ProgressBar):
+            for status, count in Counter(statuses).items():
+                self.progress.add(status, count)
+        elif self.progress is not no_progress:
+            for status in statuses:
+                self.progress(status)
+
+    def _dry_run_lines(
+        self, items: Sequence[Record | Unchanged | Rejection]
+    ) -> tuple[bytearray, list[Status]]:
+        lines = bytearray()
+        statuses: list[Status] = []
+        for kind, run in itertools.groupby(items, type):
+            group = list(run)
+            if kind is Record:
+                lines += valid_lines(cast(list[Record], group))
+                statuses += ["valid"] * len(group)
+            elif kind is Unchanged:
+                for item in cast(list[Unchanged], group):
+                    lines += outcome_line(
+                        item.row,
+                        item.identifier,
+                        "unchanged",
+                        item.op,
+                        superseded_by=item.superseded_by,
+                    )
+                statuses += ["unchanged"] * len(group)
+            else:
+                for rejection in cast(list[Rejection], group):
+                    lines += outcome_line(
+                        rejection.row,
+                        rejection.identifier,
+                        "invalid",
+                        self.op,
+                        error=rejection.reason,
+                        line_number=rejection.line,
+                    )
+                statuses += ["invalid"] * len(group)
+        return lines, statuses
 
     def ok(self, record: Record, mode: str, http_status: int | None, attempts: int) -> None:
         line = outcome_line(

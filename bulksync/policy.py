@@ -20,33 +20,16 @@ See docs/track-api.md for the API facts behind these numbers.
 from __future__ import annotations
 
 import asyncio
-import logging
-import random
-import time
 from collections import deque
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
+# Backoff, waits_too_long and the credentials check's decisions are pure and shared with the
+# check that sends without aiohttp (connection.check): they live in answers.py.
+from .answers import OUTAGE_WINDOW, CheckRetries
+from .answers import Backoff as Backoff
+from .answers import waits_too_long as waits_too_long
 from .defaults import DEFAULT_MAX_WAIT as DEFAULT_MAX_WAIT
-from .errors import AbortError
 from .ratelimit import RateLimiter
-from .track import Kind, Response, TrackClient
-
-log = logging.getLogger("bulksync")
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2^(attempt-1))]."""
-
-    base: float = 0.5
-    cap: float = 30.0
-
-    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
-        """Seconds before retry number `attempt` (1-based); never less than `retry_after`."""
-        ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
-        delay = rng.uniform(0, ceiling)
-        return max(delay, retry_after) if retry_after is not None else delay
+from .track import Response, TrackClient
 
 
 class AdaptiveRate:
@@ -95,7 +78,7 @@ class Breaker:
     is no failure here: the API is up and the adaptive rate answers it; only a workspace that
     answers nothing but 429 for `WINDOW` seconds trips it."""
 
-    WINDOW = 30.0  # seconds of answers it judges
+    WINDOW = OUTAGE_WINDOW  # seconds of answers it judges (30)
     MIN_FAILURES = 20  # fewer failures than this trip it only after WINDOW without success
     RATIO = 0.5  # never trips while most answers are successes
 
@@ -130,19 +113,6 @@ class Breaker:
         )
 
 
-def waits_too_long(response: Response, max_wait: float) -> str | None:
-    """Why the run must stop when the API asks (Retry-After) to wait longer than `max_wait`
-    seconds: sleeping for hours would hold the results file's lock and look like a hang."""
-    wait = response.retry_after
-    if wait is None or wait <= max_wait:
-        return None
-    until = datetime.now(UTC) + timedelta(seconds=wait)
-    return (
-        f"the API asked to wait {wait:,.0f} s (Retry-After), longer than --max-wait"
-        f" {max_wait:g} s: run again after {until:%Y-%m-%d %H:%M} UTC"
-    )
-
-
 async def check_credentials(
     client: TrackClient,
     limiter: RateLimiter | None,
@@ -153,32 +123,12 @@ async def check_credentials(
     """Check the credentials (GET /api/v1/accounts/region) before any row is sent, retrying
     transient failures like any request: 429s without using up `max_retries`, for at most the
     breaker's window. Returns the answer and the requests it took."""
-    rng = random.Random()
-    began = time.monotonic()
-    requests = failures = limited = 0
+    retries = CheckRetries(client.base_url, max_retries, backoff, max_wait, Breaker.WINDOW)
     while True:
         if limiter is not None:
             await limiter.acquire()  # this request counts against the rate like any other
-        requests += 1
         response = await client.region()
-        if response.kind is Kind.OK:
-            return response, requests
-        if response.kind is not Kind.TRANSIENT:
-            raise AbortError(f"{response.error}; nothing was sent")
-        log.debug("credentials check: attempt %d: %s", requests, response.error)
-        if (too_long := waits_too_long(response, max_wait)) is not None:
-            raise AbortError(f"{too_long}; nothing was sent")
-        if response.status == 429:
-            limited += 1
-            gave_up = time.monotonic() - began >= Breaker.WINDOW
-            delay = backoff.delay(limited, response.retry_after, rng)
-        else:
-            failures += 1
-            gave_up = failures > max_retries
-            delay = backoff.delay(failures, response.retry_after, rng)
-        if gave_up:
-            raise AbortError(
-                f"cannot reach the Track API at {client.base_url}: {response.error};"
-                " nothing was sent, run again later"
-            )
+        delay = retries.after(response)
+        if delay is None:
+            return response, retries.requests
         await asyncio.sleep(delay)

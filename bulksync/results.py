@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +30,7 @@ import orjson
 
 from .errors import OutputError, UsageError
 from .files import check_output, open_private, take_lock
-from .operations import PEOPLE
+from .operations import PEOPLE, Record
 
 Status = Literal["ok", "failed", "invalid", "unchanged", "valid"]
 STATUSES: tuple[Status, ...] = ("ok", "failed", "invalid", "unchanged", "valid")
@@ -102,6 +102,31 @@ def outcome_line(
     if payload is not None:
         line["payload"] = payload
     return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def valid_lines(records: Iterable[Record]) -> bytearray:
+    """The dry-run lines of `records`, one after the other: each one
+    `outcome_line(row, identifier, "valid", op, payload=payload)`, made without that function's
+    keywords and tests, as a dry run makes one per row. Each line is added as soon as it is
+    made: orjson's output, kept alive line by line, would cost a fresh allocation each."""
+    lines = bytearray()
+    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    for row, identifier, payload, op in records:
+        if row == REMOVAL_ROW:  # a line with more keys: made as always
+            lines += outcome_line(row, identifier, "valid", op, payload=payload)
+            continue
+        line = {
+            "row": row,
+            "id": identifier,
+            "op": op,
+            "status": "valid",
+            "http_status": None,
+            "attempts": 0,
+            "error": None,
+            "payload": payload,
+        }
+        lines += dumps(line, option=newline)
+    return lines
 
 
 # --- reading a results file: pure functions (no lock, no truncation), for retry and tests ------
@@ -372,6 +397,23 @@ class ResultsLog:
         else:
             self._set(row, status)
 
+    def write_many(
+        self,
+        lines: bytes | bytearray,
+        rows: Sequence[int],
+        statuses: Sequence[Status],
+        identifiers: Sequence[str | None],
+    ) -> None:
+        """`write()` of many outcomes, in order: `lines` holds their lines one after the other,
+        written at once."""
+        self._file.write(lines)
+        if not self._set_run(rows, statuses):
+            for row, status, identifier in zip(rows, statuses, identifiers, strict=True):
+                if row == REMOVAL_ROW:
+                    self.removals[str(identifier)] = status
+                else:
+                    self._set(row, status)
+
     def finish(self) -> None:
         """Every row of the input has an outcome: say so in the file's last line."""
         end = {END_KEY: datetime.now(UTC).isoformat(timespec="seconds")}
@@ -401,6 +443,24 @@ class ResultsLog:
             self.counts[STATUSES[previous - 1]] -= 1
         self._status[row] = _CODES[status]
         self.counts[status] += 1
+
+    def _set_run(self, rows: Sequence[int], statuses: Sequence[Status]) -> bool:
+        """`_set()` of each row at once, when `rows` are consecutive data rows without an
+        outcome yet (a chunk's, in a dry run, which always starts its file over); else False,
+        and nothing is set."""
+        first, n = (rows[0], len(rows)) if rows else (0, 0)
+        if first < 1 or len(statuses) != n or rows != list(range(first, first + n)):
+            return False
+        end = first + n
+        if end > len(self._status):
+            self._status.extend(bytes(max(end - len(self._status), len(self._status))))
+        if self._status.count(0, first, end) != n:
+            return False
+        codes = bytes(map(_CODES.__getitem__, statuses))
+        self._status[first:end] = codes
+        for status in dict.fromkeys(statuses):  # in order of first use, as `_set` adds them
+            self.counts[status] += codes.count(_CODES[status])
+        return True
 
     def __enter__(self) -> Self:
         return self

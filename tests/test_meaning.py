@@ -162,3 +162,36 @@ def test_with_state_from_stdin_the_last_row_still_wins(
         result = CliRunner().invoke(main, [*args, *results, "--fresh"], input=source.read_text())
         assert result.exit_code == 0, result.output
         assert api_env.fake.accepted()["c1"][-1] == {"id": "c1", "version": "v5"}, night
+
+
+def test_with_state_a_json_number_and_its_string_are_one_person(
+    api_env: ServerThread, tmp_path: Path
+) -> None:
+    """Whether a person repeats is first told from the raw identifier cells; 7.0 and "7" differ
+    as cells but name one person: the earlier row is still superseded."""
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        '{"id": 7.0, "v": "old"}\n{"id": "", "v": "x"}\n{"id": "", "v": "y"}\n'
+        '{"id": "8", "v": "b"}\n{"id": "7", "v": "new"}\n'
+    )
+    args = ("sync", source, "--state", tmp_path / "state.db", "--rate", "0", "--json", "--fresh")
+    result = invoke(*args)
+    assert result.exit_code == 1, result.output  # 1: some rows are invalid
+    lines = {line["row"]: line for line in read_results(Path(f"{source}.results.jsonl"))}
+    assert lines[1]["superseded_by"] == 5
+    assert [lines[row]["status"] for row in (2, 3, 4, 5)] == ["invalid", "invalid", "ok", "ok"]
+    assert api_env.fake.accepted()["7"] == [{"id": "7", "v": "new"}]
+
+
+def test_with_state_unique_identifier_cells_supersede_nothing(
+    api_env: ServerThread, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("id,v\n1,a\n,b\n,c\n01,d\n1.0,e\n")  # empty cells are no identifiers
+    args = ("sync", source, "--state", tmp_path / "state.db", "--rate", "0", "--json", "--fresh")
+    result = invoke(*args)
+    assert result.exit_code == 1, result.output  # 1: some rows are invalid
+    lines = sorted(read_results(Path(f"{source}.results.jsonl")), key=lambda line: line["row"])
+    assert [line["status"] for line in lines] == ["ok", "invalid", "invalid", "ok", "ok"]
+    assert not any(line.get("superseded_by") for line in lines)
+    assert sorted(api_env.fake.accepted()) == ["01", "1", "1.0"]

@@ -13,7 +13,9 @@ from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from email_validator import EmailNotValidError, validate_email
 from hypothesis import HealthCheck, example, given, settings
@@ -809,3 +811,64 @@ def test_plan_accepts_id_with_exclude_or_rename() -> None:
         item = only(run(chunk, **options))
         assert isinstance(item, Record) and item.identifier == "c1"
         assert "id" not in item.payload
+
+
+# --- CSV columns checked whole in pyarrow ----------------------------------------------------
+# A CSV column is pandas' pyarrow-backed strings: its cells are checked in pyarrow without a
+# Python object each (normalize._arrow_strings); a JSONL column's strings one by one. Both must
+# say the same of the same strings, whatever the arrow layout the reader made.
+
+CELL = st.one_of(
+    st.text(alphabet="a.é😀@ \x00-1", max_size=8),
+    st.sampled_from(
+        [
+            *("", " ", ".", "..", " . ", "a@b.com", " c@d.org ", "bad@@x.com", "2024-05-01"),
+            *("1700000000", "x" * 151, "é" * 75, "é" * 76, "😀" * 250, "😀" * 251, "y" * 1001),
+        ]
+    ),
+)
+COLUMNS = ("id", "email", "notes", "created_at")
+
+
+def arrow_chunk(columns: Mapping[str, Sequence[str]]) -> Chunk:
+    """A chunk as the reader makes it from blocks parsed by pyarrow, at its least tidy: each
+    column two chunks, sliced out of arrays that hold more (a NUL, a long string) around it."""
+    n = len(next(iter(columns.values())))
+    padded = pa.table(
+        {k: pa.array(["pad\x00", *v, "z" * 2000], pa.large_string()) for k, v in columns.items()}
+    )
+    rows = padded.slice(1, n)
+    frame = pa.concat_tables([rows.slice(0, n // 2), rows.slice(n // 2)]).to_pandas()
+    assert all(isinstance(dtype, pd.StringDtype) for dtype in frame.dtypes)
+    return Chunk(frame, list(range(1, n + 1)))
+
+
+def comparable(items: list[Item]) -> list[tuple[Any, ...]]:
+    """Items with their payloads' key order (what a results line shows)."""
+    return [
+        (item.row, item.identifier, list(item.payload.items()))
+        if isinstance(item, Record)
+        else (item.row, item.identifier, item.reason)
+        for item in items
+    ]
+
+
+@pandas_settings(100)
+@given(st.lists(st.tuples(*(CELL for _ in COLUMNS)), min_size=1, max_size=8))
+@example([("a", "a@b.com", "\x00", "2024-05-01"), ("..", " c@d.org ", "é" * 501, "")])
+@example([("é" * 75, "", "😀" * 250, ""), ("é" * 76, "a@b.test", "y" * 1001, "1700000000")])
+def test_csv_columns_in_pyarrow_read_as_jsonl_strings(rows: list[tuple[str, ...]]) -> None:
+    columns = {name: [row[i] for row in rows] for i, name in enumerate(COLUMNS)}
+    objects = [dict(zip(COLUMNS, row, strict=True)) for row in rows]
+    expected = comparable(run(jsonl_chunk(objects)))
+    assert comparable(run(csv_chunk(columns))) == expected
+    assert comparable(run(arrow_chunk(columns))) == expected
+
+
+@pandas_settings(100)
+@given(st.lists(st.one_of(st.none(), CELL), max_size=10))
+def test_identifiers_checked_whole_as_one_by_one(cells: list[str | None]) -> None:
+    values = np.array(cells, dtype=object)
+    whole = nz._identifiers("id", values, nz._string_array(values))
+    alone = nz._identifiers("id", values, None)
+    assert [a.tolist() for a in whole] == [a.tolist() for a in alone]

@@ -1,6 +1,7 @@
 """Start-up: `bulksync --help` (and every command's --help) imports neither pandas nor aiohttp,
-and `bulksync check` no pandas. Checked by the modules a fresh interpreter holds afterwards,
-never by timing (bench/run.py --only startup measures the time)."""
+and `bulksync check` neither pandas nor aiohttp nor asyncio (it sends with http.client). Checked
+by the modules a fresh interpreter holds afterwards, never by timing (bench/run.py --only startup
+measures the time)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from tests.conftest import ROOT
 
 # Modules the library needs and --help does not: the costly part of `import bulksync.api`.
 HEAVY = ("pandas", "numpy", "pyarrow", "aiohttp", "orjson", "tqdm", "email_validator")
-# What the credentials check may not need: it talks to the API (aiohttp) but reads no rows.
-ROWS = ("pandas", "numpy", "pyarrow")
+# What the credentials check may not need: it reads no rows, and sends its one request with the
+# standard library (`import aiohttp` alone takes several times as long as `import click`).
+CHECK_HEAVY = ("pandas", "numpy", "pyarrow", "aiohttp", "aiolimiter", "asyncio", "tqdm")
 
 # Runs `main(ARGS)` as `bulksync ARGS` would (no ARGS: only imports the CLI), then prints the
 # exit code and the top-level packages of HEAVY that were imported, as one JSON line.
@@ -76,7 +78,27 @@ def test_help_imports_nothing_heavy(command: list[str]) -> None:
     assert probe([*command, "--help"]) == {"code": 0, "heavy": []}
 
 
-def test_check_imports_no_pandas(api_env: ServerThread) -> None:
-    """`bulksync check` against the simulator: the credentials accepted, no pandas loaded."""
-    assert probe(["check"], heavy=ROWS) == {"code": 0, "heavy": []}
+def test_check_imports_neither_pandas_nor_aiohttp(api_env: ServerThread) -> None:
+    """`bulksync check` against the simulator: the credentials accepted, and neither pandas nor
+    aiohttp (nor asyncio) loaded."""
+    assert probe(["check"], heavy=CHECK_HEAVY) == {"code": 0, "heavy": []}
     assert [r.path for r in api_env.snapshot()[0]] == ["/api/v1/accounts/region"]
+
+
+def test_check_refused_imports_no_aiohttp(api_env: ServerThread) -> None:
+    """Refused credentials (exit 3) take the same way: no aiohttp for the error either."""
+    api_env.fake.config.api_key = "rotated"
+    assert probe(["check"], heavy=CHECK_HEAVY) == {"code": 3, "heavy": []}
+
+
+def test_library_check_imports_no_aiohttp(api_env: ServerThread) -> None:
+    """`bulksync.check()`, the library's credentials check, likewise."""
+    code = (
+        "import sys, bulksync;"
+        f" print(bulksync.check(bulksync.SendOptions(base_url={api_env.url!r}))['region']);"
+        f" print(sorted(m for m in sys.modules if m.split('.')[0] in {CHECK_HEAVY!r}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert done.stdout.splitlines() == ["us", "[]"], done.stderr
