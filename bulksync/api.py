@@ -465,7 +465,7 @@ def _state(options: SyncOptions, input_path: str) -> contextlib.AbstractContextM
 
 def _dry_run(items: Iterator[Items], outcomes: Outcomes) -> None:
     while (chunk := next(items, None)) is not None:
-        outcomes.dry_run(chunk)
+        outcomes.many(chunk)
         outcomes.flush()
         del chunk  # free this chunk's rows before the next one is read
 

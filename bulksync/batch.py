@@ -96,29 +96,70 @@ def pack(records: Iterable[Record], batch_size: int) -> Iterator[Batch | Rejecti
     identifier one after the other, in the order they come from here. A row whose operation
     alone is over MAX_OPERATION_BYTES is rejected at once (so a rejection may come before the
     batch that holds earlier rows), never sent."""
+    records = list(records)
+    keys = [order_keys(record) for record in records]
+    touched = [key for record_keys in keys for key in record_keys]
+    if len(set(touched)) == len(touched):
+        # Nobody twice (the common chunk): each batch is the next run of rows, no batch
+        # having to wait for another; the same batches, found without the search below.
+        yield from _pack_runs(records, batch_size)
+    else:
+        yield from _pack_apart(records, keys, batch_size)
+
+
+def _pack_apart(
+    records: list[Record], keys: list[tuple[str, ...]], batch_size: int
+) -> Iterator[Batch | Rejection]:
+    """pack() of records among which someone comes twice (each record touching `keys`): a
+    record goes to the first open batch after the last one naming the same person."""
     batches: list[_Open] = []
-    for record in records:
+    for record, record_keys in zip(records, keys, strict=True):
         op = operation(record)
         if len(op) > MAX_OPERATION_BYTES:
-            yield Rejection(
-                record.row,
-                record.identifier,
-                f"batch operation is {len(op):,} bytes, over the API's {MAX_OPERATION_BYTES:,}",
-            )
+            yield _too_large(record, op)
             continue
         # The first batch it may join: after the last one that names the same person.
         after = len(batches)
-        keys = order_keys(record)
-        while after and batches[after - 1].identifiers.isdisjoint(keys):
+        while after and batches[after - 1].identifiers.isdisjoint(record_keys):
             after -= 1
         for candidate in batches[after:]:
-            if candidate.add(record, op, keys, batch_size):
+            if candidate.add(record, op, record_keys, batch_size):
                 break
         else:
             batches.append(_Open())
-            batches[-1].add(record, op, keys, batch_size)
+            batches[-1].add(record, op, record_keys, batch_size)
         # Batches leave in order, the first as soon as it is full (or too many are open).
         while batches and (batches[0].full or len(batches) > MAX_OPEN_BATCHES):
             yield batches.pop(0).batch()
     for remaining in batches:
         yield remaining.batch()
+
+
+def _pack_runs(records: list[Record], batch_size: int) -> Iterator[Batch | Rejection]:
+    """pack() of records that each touch other people: batches of consecutive rows."""
+    batch: list[Record] = []
+    ops: list[bytes] = []
+    size = len(_OPEN) + len(_CLOSE)
+    for record, op in zip(records, map(operation, records), strict=True):
+        if len(op) > MAX_OPERATION_BYTES:
+            yield _too_large(record, op)
+            continue
+        if ops and size + 1 + len(op) >= MAX_REQUEST_BYTES:  # 1: the comma before it
+            yield Batch(batch, ops)
+            batch, ops, size = [], [], len(_OPEN) + len(_CLOSE)
+        size += len(op) + (1 if ops else 0)
+        batch.append(record)
+        ops.append(op)
+        if len(ops) >= batch_size:
+            yield Batch(batch, ops)
+            batch, ops, size = [], [], len(_OPEN) + len(_CLOSE)
+    if ops:
+        yield Batch(batch, ops)
+
+
+def _too_large(record: Record, op: bytes) -> Rejection:
+    return Rejection(
+        record.row,
+        record.identifier,
+        f"batch operation is {len(op):,} bytes, over the API's {MAX_OPERATION_BYTES:,}",
+    )

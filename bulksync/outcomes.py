@@ -14,7 +14,15 @@ from .errors import OutputError
 from .normalize import Rejection
 from .operations import PEOPLE, Record, state_key
 from .plan import Unchanged
-from .results import REMOVAL_ROW, ResultsLog, Status, outcome_line, valid_lines
+from .results import (
+    REMOVAL_ROW,
+    ResultsLog,
+    Status,
+    ok_lines,
+    outcome_line,
+    unchanged_lines,
+    valid_lines,
+)
 from .state import StateStore
 
 Progress = Callable[[Status], None]
@@ -67,13 +75,13 @@ class Outcomes:
         )
         self._write(record.row, "valid", line, record.identifier)
 
-    def dry_run(self, items: Sequence[Record | Unchanged | Rejection]) -> None:
-        """Dry run: each item's outcome, in order, as `valid`, `unchanged` and `invalid` write
-        it, for a chunk at once: its lines in one write, made a run of one kind at a time (the
-        rows that would be sent, the common case, without `valid`'s calls per row), and the
-        progress bar told once per status."""
+    def many(self, items: Sequence[Record | Unchanged | Rejection]) -> None:
+        """Each item's outcome, in order, as `valid` (a dry run's records), `unchanged` and
+        `invalid` write it, for a chunk at once: its lines in one write, made a run of one kind
+        at a time (the common rows without the calls those make per row), and the progress
+        bar told once per status."""
         try:
-            lines, statuses = self._dry_run_lines(items)
+            lines, statuses = self._many_lines(items)
         except TypeError:  # orjson cannot serialize a value: fail where one line at a time would
             for item in items:
                 if type(item) is Record:
@@ -96,7 +104,7 @@ class Outcomes:
             for status in statuses:
                 self.progress(status)
 
-    def _dry_run_lines(
+    def _many_lines(
         self, items: Sequence[Record | Unchanged | Rejection]
     ) -> tuple[bytearray, list[Status]]:
         lines = bytearray()
@@ -107,14 +115,7 @@ class Outcomes:
                 lines += valid_lines(cast(list[Record], group))
                 statuses += ["valid"] * len(group)
             elif kind is Unchanged:
-                for item in cast(list[Unchanged], group):
-                    lines += outcome_line(
-                        item.row,
-                        item.identifier,
-                        "unchanged",
-                        item.op,
-                        superseded_by=item.superseded_by,
-                    )
+                lines += unchanged_lines(cast(list[Unchanged], group))
                 statuses += ["unchanged"] * len(group)
             else:
                 for rejection in cast(list[Rejection], group):
@@ -129,6 +130,29 @@ class Outcomes:
                 statuses += ["invalid"] * len(group)
         return lines, statuses
 
+    def all_ok(
+        self, records: Sequence[Record], mode: str, http_status: int | None, attempts: int
+    ) -> None:
+        """`ok` for each of `records` (a batch accepted whole), their lines in one write."""
+        try:
+            lines = ok_lines(records, mode, http_status, attempts)
+            self.log.write_many(
+                lines,
+                [record.row for record in records],
+                ["ok"] * len(records),
+                [record.identifier for record in records],
+            )
+        except OSError as exc:  # a full disk: one message and exit 3, never a traceback
+            raise OutputError.of(exc, self.log.path, "results file") from None
+        if isinstance(self.progress, ProgressBar):
+            self.progress.add("ok", len(records))
+        elif self.progress is not no_progress:
+            for _ in records:
+                self.progress("ok")
+        if self.state is not None:
+            for record in records:
+                self._accepted(record)
+
     def ok(self, record: Record, mode: str, http_status: int | None, attempts: int) -> None:
         line = outcome_line(
             record.row,
@@ -140,8 +164,11 @@ class Outcomes:
             mode=mode,
         )
         self._write(record.row, "ok", line, record.identifier)
-        if self.state is None:
-            return
+        if self.state is not None:
+            self._accepted(record)
+
+    def _accepted(self, record: Record) -> None:
+        assert self.state is not None
         if record.row == REMOVAL_ROW:
             self.state.record_removed(record.identifier)
         elif (key := state_key(record)) is not None:

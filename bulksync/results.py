@@ -24,13 +24,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Literal, Self, TypeGuard
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Self, TypeGuard
 
 import orjson
 
 from .errors import OutputError, UsageError
 from .files import check_output, open_private, take_lock
 from .operations import PEOPLE, Record
+
+if TYPE_CHECKING:
+    from .plan import Unchanged  # plan imports this module
 
 Status = Literal["ok", "failed", "invalid", "unchanged", "valid"]
 STATUSES: tuple[Status, ...] = ("ok", "failed", "invalid", "unchanged", "valid")
@@ -124,6 +127,56 @@ def valid_lines(records: Iterable[Record]) -> bytearray:
             "attempts": 0,
             "error": None,
             "payload": payload,
+        }
+        lines += dumps(line, option=newline)
+    return lines
+
+
+def unchanged_lines(items: Iterable[Unchanged]) -> bytearray:
+    """The lines of unchanged rows, each `outcome_line(row, identifier, "unchanged", op,
+    superseded_by=superseded_by)`, made as `valid_lines` makes its own: a nightly re-run
+    writes one per row."""
+    lines = bytearray()
+    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    for row, identifier, op, superseded_by in items:
+        if row == REMOVAL_ROW or superseded_by is not None:  # lines with more keys
+            lines += outcome_line(row, identifier, "unchanged", op, superseded_by=superseded_by)
+            continue
+        line = {
+            "row": row,
+            "id": identifier,
+            "op": op,
+            "status": "unchanged",
+            "http_status": None,
+            "attempts": 0,
+            "error": None,
+        }
+        lines += dumps(line, option=newline)
+    return lines
+
+
+def ok_lines(
+    records: Iterable[Record], mode: str, http_status: int | None, attempts: int
+) -> bytearray:
+    """The lines of accepted rows, each `outcome_line(row, identifier, "ok", op,
+    http_status=http_status, attempts=attempts, mode=mode)`: a batch's thousand at once."""
+    lines = bytearray()
+    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    for row, identifier, _, op in records:
+        if row == REMOVAL_ROW:  # a line with more keys
+            lines += outcome_line(
+                row, identifier, "ok", op, http_status=http_status, attempts=attempts, mode=mode
+            )
+            continue
+        line = {
+            "row": row,
+            "id": identifier,
+            "op": op,
+            "status": "ok",
+            "http_status": http_status,
+            "attempts": attempts,
+            "error": None,
+            "mode": mode,
         }
         lines += dumps(line, option=newline)
     return lines

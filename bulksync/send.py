@@ -194,13 +194,16 @@ class Sender:
     async def _read(self, chunks: Iterator[Items]) -> None:
         try:
             while (jobs := await asyncio.to_thread(self._next_jobs, chunks)) is not None:
+                written: list[Rejection | Unchanged] = []  # outcomes known without sending
                 for job in jobs:
-                    if isinstance(job, Rejection):
-                        self.outcomes.invalid(job)
-                    elif isinstance(job, Unchanged):
-                        self.outcomes.unchanged(job)
-                    else:
-                        await self._queue.put([self._claim(part) for part in self._parts(job)])
+                    if isinstance(job, Rejection | Unchanged):
+                        written.append(job)
+                        continue
+                    if written:  # in row order, before the rows sent after them
+                        self.outcomes.many(written)
+                        written = []
+                    await self._queue.put([self._claim(part) for part in self._parts(job)])
+                self.outcomes.many(written)
                 self.outcomes.flush()
         except InputError as exc:
             # The input breaks part-way (bytes that do not decode, quotes that cannot be
@@ -297,6 +300,10 @@ class Sender:
             if response.kind is Kind.OK:
                 # A 207 lists the operations it refused; every other one was accepted.
                 refused = _refused_operations(response.body) if response.status == 207 else {}
+                if not refused:
+                    self.outcomes.all_ok(records, mode, response.status, attempts)
+                    self.outcomes.flush()
+                    return
                 for index, record in enumerate(records):
                     error = refused.get(index)
                     if error is None:

@@ -327,6 +327,32 @@ def test_pack_loses_nothing_on_random_mixes() -> None:
                 assert len(operation(records[item.row - 1])) > MAX_OPERATION_BYTES
 
 
+def test_pack_of_distinct_people_matches_the_general_packing() -> None:
+    """A chunk naming nobody twice is packed in runs (batch._pack_runs), without the search
+    for a batch each row may join (_pack_apart): both must give the same batches and
+    rejections, in the same order."""
+    from bulksync.batch import _pack_apart, _pack_runs
+    from bulksync.operations import order_keys
+
+    rng = random.Random(99)
+    for _ in range(40):
+        records = []
+        for i in range(1, rng.randint(1, 400)):
+            kind = rng.random()
+            if kind < 0.05:
+                attrs = {f"a{k}": "z" * 900 for k in range(rng.randint(36, 60))}  # > 32,000
+            elif kind < 0.4:
+                attrs = {f"a{k}": "y" * rng.randint(100, 999) for k in range(rng.randint(1, 34))}
+            else:
+                attrs = {"n": i}
+            records.append(Record(i, rng.choice(["id-", "cio_", "e@"]) + str(i), attrs))
+        batch_size = rng.choice([1, 3, 50, 1000])
+        keys = [order_keys(record) for record in records]
+        runs = list(_pack_runs(records, batch_size))
+        assert runs == list(_pack_apart(records, keys, batch_size))
+        assert runs == list(pack(records, batch_size))
+
+
 def test_batch_halves() -> None:
     records = [Record(i, f"cust-{i}", {"n": i}) for i in range(1, 6)]
     (batch,) = pack(records, 10)

@@ -1,4 +1,4 @@
-"""outcomes: a dry run writes a chunk's outcomes at once (Outcomes.dry_run, results.valid_lines,
+"""outcomes: a chunk's outcomes written at once (Outcomes.many, results.valid_lines,
 ResultsLog.write_many). Each test writes the same outcomes one at a time (valid, unchanged,
 invalid: what a dry run did before) and at once, and compares the files byte for byte, the
 counts, the statuses and what the progress callback heard."""
@@ -104,7 +104,7 @@ def test_a_chunk_at_once_writes_what_one_outcome_at_a_time_writes(
                 if how == "one":
                     one_at_a_time(outcomes, chunk)
                 else:
-                    outcomes.dry_run(chunk)
+                    outcomes.many(chunk)
                 outcomes.flush()
             logs[how] = state(log, sum(map(len, items)) * 2)
     assert written(folder / "chunk.jsonl") == written(folder / "one.jsonl")
@@ -121,7 +121,7 @@ def test_the_progress_bar_counts_a_chunk_at_once(tmp_path: Path) -> None:
             if how == "one":
                 one_at_a_time(outcomes, items)
             else:
-                outcomes.dry_run(items)
+                outcomes.many(items)
             counts[how] = bar.counts
     assert counts["chunk"] == counts["one"] == {"valid": 6, "unchanged": 6, "invalid": 6}
 
@@ -174,5 +174,37 @@ def test_a_value_json_cannot_hold_fails_after_the_lines_before_it(tmp_path: Path
                 if how == "one":
                     one_at_a_time(outcomes, items)
                 else:
-                    outcomes.dry_run(items)
+                    outcomes.many(items)
     assert written(tmp_path / "chunk.jsonl") == written(tmp_path / "one.jsonl")
+
+
+def test_a_batch_accepted_whole_writes_what_ok_writes(tmp_path: Path) -> None:
+    """all_ok(): a batch's thousand accepted rows at once, as ok() writes each, the diff state
+    told of each."""
+    from bulksync.state import StateStore
+
+    records = [
+        Record(3, "a", {"name": "Zoë"}),
+        Record(4, "b@example.com", {}),
+        Record(REMOVAL_ROW, "gone", {}, DELETIONS),
+        Record(9, "cust/9", {"n": 1}),
+    ]
+    results = {}
+    for how in ("one", "all"):
+        with (
+            open_log(tmp_path / f"{how}.jsonl") as log,
+            StateStore(tmp_path / f"{how}.db", input_name="in.csv") as store,
+        ):
+            heard: list[Status] = []
+            outcomes = Outcomes(log, heard.append, store)
+            if how == "one":
+                for record in records:
+                    outcomes.ok(record, "batch", 200, 2)
+            else:
+                outcomes.all_ok(records, "batch", 200, 2)
+            outcomes.flush()
+            known = store.last_hashes(["a", "b@example.com", "cust/9"])
+            results[how] = (state(log, 10), heard, known)
+    assert written(tmp_path / "all.jsonl") == written(tmp_path / "one.jsonl")
+    assert results["all"] == results["one"]
+    assert len(results["all"][2]) == 3

@@ -932,9 +932,10 @@ class FakeTrackAPI:
         raw = await request.read()
         record.size = len(raw)
         record.body = _parse_json(raw)
-        if record.auth_ok and refusal is None and fault is None:
+        if record.auth_ok and refusal is None and fault is None and cfg.fail_first:
             # A batch, a merge or an entity call fails first as long as one of the people (or
-            # objects) its body names does.
+            # objects) its body names does. (Counted only while fail_first is set: naming the
+            # people of every batch would cost more than validating them.)
             named = _request_names(record.path, record.body)
             if named and self._fails_first(sorted(named)):
                 fault = "fail_first"
@@ -1045,7 +1046,7 @@ class FakeTrackAPI:
         """Validate a v2 operation and apply it, or raise _Refused. reject_ids are checked after
         validation, so an invalid operation naming a rejected person reports what is wrong."""
         change = _parse_operation(op, whole)
-        if not self.config.reject_ids.isdisjoint(_named(op)):
+        if self.config.reject_ids and not self.config.reject_ids.isdisjoint(_named(op)):
             raise _Refused("identifiers", REJECTED)
         self._commit(change)
         if change.identified is not None:
@@ -1099,7 +1100,8 @@ class FakeTrackAPI:
         if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
             return _batch_error(400, "batch", "body must be a JSON object with a 'batch' array")
         operations = body["batch"]
-        if any(not self.config.poison_ids.isdisjoint(_named(op)) for op in operations):
+        poison = self.config.poison_ids
+        if poison and any(not poison.isdisjoint(_named(op)) for op in operations):
             return _batch_error(400, "batch", "poisoned operation (test)")
         errors = []
         for index, op in enumerate(operations):
