@@ -778,6 +778,21 @@ def _stop_on_signals(stop: StopHandle) -> None:
     signal.signal(signal.SIGTERM, on_signal)
 
 
+def _start_run(log_file: Path | None, quiet: bool) -> StopHandle:
+    """Logging, and the stop handle the signals use, for a run whose modules are imported."""
+    from .console import setup_logging
+    from .stop import StopHandle
+
+    setup_logging(log_file, quiet)
+    stop = StopHandle()
+    _stop_on_signals(stop)
+    # pandas alone makes hundreds of thousands of objects: leave them out of the garbage
+    # collector's full passes, which a run of millions of rows would otherwise repeat over them,
+    # for nearly a tenth of its time.
+    gc.freeze()
+    return stop
+
+
 def _run(
     verb: str,
     subject: str,
@@ -791,16 +806,9 @@ def _run(
     """Run a sync or retry with a progress bar on a terminal; print the summary; exit."""
     import orjson
 
-    from .console import ProgressBar, setup_logging, summary_lines
-    from .stop import StopHandle
+    from .console import ProgressBar, summary_lines
 
-    setup_logging(log_file, quiet)
-    stop = StopHandle()
-    _stop_on_signals(stop)
-    # The modules are imported by now (pandas alone makes hundreds of thousands of objects):
-    # leave them out of the garbage collector's full passes, which a run of millions of rows
-    # would otherwise repeat over them, for nearly a tenth of its time.
-    gc.freeze()
+    stop = _start_run(log_file, quiet)
     bar = not (quiet or as_json) and sys.stderr.isatty()
     try:
         # The bar is labelled with the verb alone: an 80-column terminal must still show the
@@ -872,17 +880,10 @@ def run_command(
     """
     import orjson
 
-    from .console import ProgressBar, job_lines, setup_logging
+    from .console import ProgressBar, job_lines
     from .job import Step, StepResult, load_job, run_job
-    from .stop import StopHandle
 
-    setup_logging(log_file, quiet)
-    stop = StopHandle()
-    _stop_on_signals(stop)
-    # The modules are imported by now (pandas alone makes hundreds of thousands of objects):
-    # leave them out of the garbage collector's full passes, which a run of millions of rows
-    # would otherwise repeat over them, for nearly a tenth of its time.
-    gc.freeze()
+    stop = _start_run(log_file, quiet)
     bar = not (quiet or as_json) and sys.stderr.isatty()
 
     def progress(step: Step) -> ProgressBar:

@@ -197,6 +197,9 @@ TYPE_ERROR = "value for attribute '{}' must be a string, number or boolean"
         ("42", orjson.dumps({"n" * 151: 1}), "attribute name cannot be longer than 150 bytes"),
         ("42", orjson.dumps({"bio": "x" * 1001}), VALUE_ERROR.format("bio")),
         ("42", orjson.dumps({"bio": "é" * 501}), VALUE_ERROR.format("bio")),  # 1002 bytes
+        ("42", orjson.dumps({"bio": "😀" * 251}), VALUE_ERROR.format("bio")),  # 1004 bytes
+        # 38 characters, 152 bytes
+        ("42", orjson.dumps({"😀" * 38: 1}), "attribute name cannot be longer than 150 bytes"),
         (
             "42",
             orjson.dumps({f"a{i}": i for i in range(301)}),
@@ -226,6 +229,8 @@ async def test_identify_validation_errors(
         ("é" * 75, {}),  # exactly 150 bytes
         ("42", {"n" * 150: 1}),
         ("42", {"bio": "x" * 1000}),
+        ("42", {"bio": "😀" * 250}),  # exactly 1000 bytes
+        ("42", {"😀" * 37 + "ab": 1}),  # 150 bytes
         ("42", {f"a{i}": i for i in range(300)}),
         ("42", {"s": "v", "i": 1, "f": 1.5, "b": True, "created_at": 1700000000}),
     ],

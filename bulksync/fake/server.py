@@ -262,8 +262,9 @@ class _Workspace:
     def identify(self, person: str, attributes: dict[str, Any]) -> None:
         if attributes.get("_update") is True and person not in self.people:
             return  # `_update: true` only updates: it never creates (nor re-creates) a person
-        values = {k: v for k, v in attributes.items() if k not in INSTRUCTION_KEYS}
-        self._profile(person).update(values)
+        if any(key in attributes for key in INSTRUCTION_KEYS):
+            attributes = {k: v for k, v in attributes.items() if k not in INSTRUCTION_KEYS}
+        self._profile(person).update(attributes)
 
     def event(self, person: str, event: dict[str, Any]) -> None:
         event_id = event["id"]
@@ -444,11 +445,18 @@ def _attributes_error(attributes: dict[str, Any]) -> str | None:
     if len(attributes) > MAX_ATTRIBUTES:
         return f"cannot identify more than {MAX_ATTRIBUTES} attributes in one request"
     for name, value in attributes.items():
-        if _utf8_len(name) > MAX_ATTRIBUTE_NAME_BYTES:
+        # A character is at most 4 bytes of UTF-8: shorter text is measured without encoding
+        # it (a batch of a thousand people has ten thousand of them).
+        if len(name) * 4 > MAX_ATTRIBUTE_NAME_BYTES and _utf8_len(name) > MAX_ATTRIBUTE_NAME_BYTES:
             return f"attribute name cannot be longer than {MAX_ATTRIBUTE_NAME_BYTES} bytes"
         if isinstance(value, dict | list):
             return f"value for attribute '{name}' must be a string, number or boolean"
-        size = _utf8_len(value) if isinstance(value, str) else len(orjson.dumps(value))
+        if isinstance(value, str):
+            if len(value) * 4 <= MAX_VALUE_BYTES:
+                continue
+            size = _utf8_len(value)
+        else:
+            size = len(orjson.dumps(value))
         if size > MAX_VALUE_BYTES:
             return f"value for attribute '{name}' cannot be longer than {MAX_VALUE_BYTES} bytes"
     return None
