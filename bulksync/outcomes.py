@@ -52,7 +52,10 @@ class Outcomes:
         self.op = op  # the run's kind, for rows rejected before they became a Record
 
     def invalid(self, rejection: Rejection) -> None:
-        line = outcome_line(
+        self._write(rejection.row, "invalid", self._invalid_line(rejection), rejection.identifier)
+
+    def _invalid_line(self, rejection: Rejection) -> bytes:
+        return outcome_line(
             rejection.row,
             rejection.identifier,
             "invalid",
@@ -60,7 +63,6 @@ class Outcomes:
             error=rejection.reason,
             line_number=rejection.line,
         )
-        self._write(rejection.row, "invalid", line, rejection.identifier)
 
     def unchanged(self, item: Unchanged) -> None:
         line = outcome_line(
@@ -119,14 +121,7 @@ class Outcomes:
                 statuses += ["unchanged"] * len(group)
             else:
                 for rejection in cast(list[Rejection], group):
-                    lines += outcome_line(
-                        rejection.row,
-                        rejection.identifier,
-                        "invalid",
-                        self.op,
-                        error=rejection.reason,
-                        line_number=rejection.line,
-                    )
+                    lines += self._invalid_line(rejection)
                 statuses += ["invalid"] * len(group)
         return lines, statuses
 

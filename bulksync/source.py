@@ -644,13 +644,7 @@ class _CsvReader:
                     if broken is None:
                         line_no += n
                         held.clear()
-                        if len(fields) != width:
-                            _without_trailing_empties(fields, width)
-                        if len(fields) == width:
-                            pending.cells.append(fields)
-                            pending.rows.append(row_no)
-                        else:
-                            pending.bad.append((row_no, self._ragged(len(fields), width, unnamed)))
+                        self._add(pending, row_no, fields, width, unnamed)
                     else:
                         line_no, reader = self._left_out(pending, row_no, broken, start)
                     if pending.full():
@@ -755,13 +749,7 @@ class _CsvReader:
                 pending.chars += chars
                 line_no += n
                 used += n
-                if len(fields) != width:
-                    _without_trailing_empties(fields, width)
-                if len(fields) == width:
-                    pending.cells.append(fields)
-                    pending.rows.append(row_no)
-                else:
-                    pending.bad.append((row_no, self._ragged(len(fields), width, unnamed)))
+                self._add(pending, row_no, fields, width, unnamed)
                 if pending.full():
                     yield pending.chunk()
                 if limit is not None and row_no >= limit:
@@ -810,6 +798,19 @@ class _CsvReader:
             if limit is not None and row_no >= limit:
                 return i, row_no, line_no, True
         return i, row_no, line_no, False
+
+    def _add(
+        self, pending: _Pending, row_no: int, fields: list[str], width: int, unnamed: int
+    ) -> None:
+        """Row `row_no`'s fields to the pending chunk, or the row as invalid when, without its
+        trailing empty fields, it is not as wide as the header."""
+        if len(fields) != width:
+            _without_trailing_empties(fields, width)
+        if len(fields) == width:
+            pending.cells.append(fields)
+            pending.rows.append(row_no)
+        else:
+            pending.bad.append((row_no, self._ragged(len(fields), width, unnamed)))
 
     def _left_out(
         self, pending: _Pending, row_no: int, broken: _Broken, start: int
