@@ -1052,8 +1052,8 @@ def bench_startup(quick: bool) -> list[str]:
         " private bytecode cache (as an installed package has its .pyc). `bulksync check`"
         " checks the credentials against the simulator (its own process, latency 0): one"
         " GET /api/v1/accounts/region over loopback. For information: `import cloup`, which"
-        " the command group is built with, and `import aiohttp`, which the credentials check"
-        " sends with (the Track API client's)."
+        " the command group is built with, and `import aiohttp`, the sender's HTTP client,"
+        " which `bulksync check` no longer imports (it sends its one request with http.client)."
     )
     return [
         "## startup\n\n" + note,

@@ -419,9 +419,12 @@ def _ids_unique(input_path: str, options: SyncOptions, column_plan: ColumnPlan) 
     """Does no identifier cell repeat? People named by a column other than an email are named
     by the cell as written when it is a string (normalize._identifiers), so distinct cells are
     distinct people: one column hashed, nothing normalized. False when that cannot be told so
-    (a JSON number among the identifiers, an email as identifier, another kind)."""
+    (a JSON number among the identifiers, an email or a typed column as identifier: "01" and
+    "1" are one person with --type id=int; another kind)."""
     column = column_plan.id_column
     if column is None or column_plan.kind.name != PEOPLE or column_plan.is_email(column):
+        return False
+    if column in column_plan.options.types or column in column_plan.date_columns:
         return False
     hashes = []
     with contextlib.closing(read_chunks(input_path, options.source)) as chunks:

@@ -126,15 +126,17 @@ _ROW, _IDENTIFIER = operator.attrgetter("row"), operator.attrgetter("identifier"
 
 class Repeats:
     """Identifiers found on more than one row, for the kinds where a later row replaces an
-    earlier one (people, objects): counted as rows are read, with a few examples. Memory: 16
-    bytes per distinct identifier (sorted numpy arrays of hashes and first rows)."""
+    earlier one (people, objects): counted as rows are read, with a few examples. Memory: 12
+    bytes per distinct identifier (sorted numpy arrays of hashes and first rows), and 8 more
+    while a chunk's new ones are merged in: a dry run's memory must not grow with the file."""
 
     EXAMPLES = 5  # identifiers shown
     ROWS_SHOWN = 5  # rows shown per identifier
 
     def __init__(self) -> None:
         self._hashes: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)  # sorted
-        self._first: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)  # aligned: first row
+        # Aligned with _hashes: each one's first row. 32 bits while the rows fit.
+        self._first: npt.NDArray[np.int32 | np.int64] = np.empty(0, dtype=np.int32)
         self._repeated: set[int] = set()
         self.rows = 0  # rows whose identifier came on an earlier row
         self.identifiers = 0  # identifiers on more than one row
@@ -163,6 +165,8 @@ class Repeats:
             self._count(int(h[i]), records[i].identifier, int(earliest), int(rows[i]))
         new = ~known
         self._hashes = np.insert(self._hashes, at[new], unique[new])
+        if rows[-1] > np.iinfo(self._first.dtype).max:
+            self._first = self._first.astype(np.int64)
         self._first = np.insert(self._first, at[new], rows[first[new]])
         return items
 

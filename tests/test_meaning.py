@@ -195,3 +195,18 @@ def test_with_state_unique_identifier_cells_supersede_nothing(
     assert [line["status"] for line in lines] == ["ok", "invalid", "invalid", "ok", "ok"]
     assert not any(line.get("superseded_by") for line in lines)
     assert sorted(api_env.fake.accepted()) == ["01", "1", "1.0"]
+
+
+def test_with_state_typed_identifier_cells_that_differ_can_name_one_person(
+    api_env: ServerThread, tmp_path: Path
+) -> None:
+    """--type id=int makes "01" and "1" one person: distinct cells prove nothing then, and the
+    earlier row is still superseded."""
+    source = tmp_path / "in.csv"
+    source.write_text("id,v\n01,old\n2,b\n1,new\n")
+    args = ("sync", source, "--state", tmp_path / "state.db", "--rate", "0", "--json", "--fresh")
+    result = invoke(*args, "--type", "id=int")
+    assert result.exit_code == 0, result.output
+    lines = {line["row"]: line for line in read_results(Path(f"{source}.results.jsonl"))}
+    assert lines[1]["superseded_by"] == 3
+    assert api_env.fake.accepted()["1"] == [{"id": 1, "v": "new"}]
