@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 
 from . import mapping as mappings
+from .answers import Credentials
 from .api import SyncOptions, check_input, sync
 from .connection import SendOptions
 from .errors import BulksyncError, OutputError, UsageError
@@ -47,7 +48,6 @@ from .outcomes import Progress
 from .results import InputIdentity, Summary, read_header
 from .source import SourceOptions
 from .stop import StopHandle
-from .track import Credentials
 
 _NUMBER = (int, float)
 # Sending settings: the job's, which a step may override; named as sync's options.

@@ -26,6 +26,7 @@ from .results import (
 from .state import StateStore
 
 Progress = Callable[[Status], None]
+Item = Record | Unchanged | Rejection
 log = logging.getLogger("bulksync")
 
 
@@ -77,7 +78,7 @@ class Outcomes:
         )
         self._write(record.row, "valid", line, record.identifier)
 
-    def many(self, items: Sequence[Record | Unchanged | Rejection]) -> None:
+    def many(self, items: Sequence[Item]) -> None:
         """Each item's outcome, in order, as `valid` (a dry run's records), `unchanged` and
         `invalid` write it, for a chunk at once: its lines in one write, made a run of one kind
         at a time (the common rows without the calls those make per row), and the progress
@@ -93,6 +94,13 @@ class Outcomes:
                 else:
                     self.invalid(cast(Rejection, item))
             return
+        self._write_many(lines, items, statuses)
+
+    def _write_many(
+        self, lines: bytearray, items: Sequence[Item], statuses: Sequence[Status]
+    ) -> None:
+        """The lines of `items` (with these statuses) in one write; the progress bar told once
+        per status, any other callback once per row."""
         rows = [item.row for item in items]
         identifiers = [item.identifier for item in items]
         try:
@@ -106,9 +114,7 @@ class Outcomes:
             for status in statuses:
                 self.progress(status)
 
-    def _many_lines(
-        self, items: Sequence[Record | Unchanged | Rejection]
-    ) -> tuple[bytearray, list[Status]]:
+    def _many_lines(self, items: Sequence[Item]) -> tuple[bytearray, list[Status]]:
         lines = bytearray()
         statuses: list[Status] = []
         for kind, run in itertools.groupby(items, type):
@@ -129,21 +135,9 @@ class Outcomes:
         self, records: Sequence[Record], mode: str, http_status: int | None, attempts: int
     ) -> None:
         """`ok` for each of `records` (a batch accepted whole), their lines in one write."""
-        try:
-            lines = ok_lines(records, mode, http_status, attempts)
-            self.log.write_many(
-                lines,
-                [record.row for record in records],
-                ["ok"] * len(records),
-                [record.identifier for record in records],
-            )
-        except OSError as exc:  # a full disk: one message and exit 3, never a traceback
-            raise OutputError.of(exc, self.log.path, "results file") from None
-        if isinstance(self.progress, ProgressBar):
-            self.progress.add("ok", len(records))
-        elif self.progress is not no_progress:
-            for _ in records:
-                self.progress("ok")
+        self._write_many(
+            ok_lines(records, mode, http_status, attempts), records, ["ok"] * len(records)
+        )
         if self.state is not None:
             for record in records:
                 self._accepted(record)

@@ -203,7 +203,8 @@ class Sender:
                         self.outcomes.many(written)
                         written = []
                     await self._queue.put([self._claim(part) for part in self._parts(job)])
-                self.outcomes.many(written)
+                if written:
+                    self.outcomes.many(written)
                 self.outcomes.flush()
         except InputError as exc:
             # The input breaks part-way (bytes that do not decode, quotes that cannot be
