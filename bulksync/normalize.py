@@ -855,8 +855,8 @@ def _addresses(column: str, values: Objects, strings: Any) -> Objects:
 
 # --- dates -----------------------------------------------------------------------------------
 
-EPOCH = pd.Timestamp(0, tz="UTC")
-SECOND = pd.Timedelta(1, "s")
+EPOCH = pd.Timestamp(0, tz="UTC").as_unit("s")  # in seconds: year 1 is in range
+SECOND = pd.Timedelta(1, "s").as_unit("s")
 # Epoch values at or above 1e11 are milliseconds: 1e11 seconds is the year 5138, while 1e11 ms
 # is March 1973, so real-world timestamps are never ambiguous.
 MS_THRESHOLD = 1e11

@@ -210,3 +210,18 @@ def test_with_state_typed_identifier_cells_that_differ_can_name_one_person(
     lines = {line["row"]: line for line in read_results(Path(f"{source}.results.jsonl"))}
     assert lines[1]["superseded_by"] == 3
     assert api_env.fake.accepted()["1"] == [{"id": 1, "v": "new"}]
+
+
+@pytest.mark.parametrize("timezone", [(), ("--timezone", "Europe/Paris")])
+def test_dates_before_1677_are_seconds_and_a_stray_fraction_is_invalid(
+    tmp_path: Path, timezone: tuple[str, ...]
+) -> None:
+    """SQL Server exports write 0001-01-01 for "no date": outside pandas' nanosecond range,
+    it stopped the whole run with a traceback, and so did ".1" (read as the year 0)."""
+    csv = "id,created_at\na,0001-01-01T00:00:00Z\nb,.1\nc,1969-12-31T23:59:59.5Z\n"
+    result, rows = dry_run(tmp_path, csv, *timezone)
+    assert result.exit_code == 1, result.output
+    assert rows[1]["payload"]["created_at"] == -62_135_596_800
+    assert rows[2]["status"] == "invalid"
+    assert rows[2]["error"].startswith("created_at: cannot read '.1' as a date")
+    assert rows[3]["payload"]["created_at"] == -1
