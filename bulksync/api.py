@@ -23,10 +23,10 @@ from .connection import SendOptions
 from .connection import check as check  # the library's check(): in the API's import list
 from .defaults import MISSING
 from .errors import UsageError
-from .normalize import ColumnPlan, NormalizeOptions, Rejection, normalize, plan_columns
+from .normalize import ColumnPlan, NormalizeOptions, normalize, plan_columns
 from .operations import DELETIONS, KINDS, PEOPLE, SUPPRESSIONS, Kind, Record
 from .outcomes import Outcomes, Progress, no_progress
-from .plan import Items, Repeats, changed, last_rows, pending, superseded
+from .plan import Items, KnownRows, Repeats, changed, last_rows, pending, superseded
 from .results import (
     REMOVAL_ROW,
     InputIdentity,
@@ -178,8 +178,13 @@ def sync(
                 last = _last_rows(input_path, options, column_plan)
             repeats = Repeats()
             reading = _Reading(store if kind.name == PEOPLE else None, options, log)
+            # A nightly run of people with the input's repeats known: the rows the state knows
+            # as accepted are found unchanged before they are normalized (plan.KnownRows).
+            known = None
+            if store is not None and last is not None and kind.name == PEOPLE:
+                known = KnownRows(store, column_plan, last)
             items: Iterator[Items] = (
-                reading.see(normalize(chunk, column_plan))
+                reading.see(known.normalize(chunk) if known else normalize(chunk, column_plan))
                 for chunk in reading.watch(itertools.chain([first], chunks))
             )
             if last != {}:  # {}: read ahead, nobody repeats
@@ -189,7 +194,7 @@ def sync(
             if store is not None and not options.full:
                 if last:
                     items = (superseded(batch, last) for batch in items)
-                items = (changed(batch, store) for batch in items)
+                items = (known.changed(b) if known else changed(b, store) for b in items)
             outcomes = Outcomes(log, progress or no_progress, store, kind.name)
             sent = _Sent()
             if options.dry_run:
@@ -248,7 +253,7 @@ class _Reading:
         # the generator before it. --limit ends early on purpose: the rest is unknown.
         self.complete = self.options.source.limit is None
 
-    def see(self, items: list[Record | Rejection]) -> list[Record | Rejection]:
+    def see(self, items: Items) -> Items:
         if self.store is not None:
             # Every row of a person counts, invalid ones too: a bad email is no reason to delete.
             self.store.see(item.identifier for item in items if item.identifier is not None)
@@ -434,8 +439,10 @@ def _ids_unique(input_path: str, options: SyncOptions, column_plan: ColumnPlan) 
                 return False  # JSON's 1 and "1" name one person
             cells = cells[cells.notna() & (cells != "")]  # no identifier: rejected, not a repeat
             hashes.append(pd.util.hash_pandas_object(cells, index=False).to_numpy())
-    hashed = np.concatenate(hashes) if hashes else np.empty(0, dtype=np.uint64)
-    return len(np.unique(hashed)) == len(hashed)  # a collision only costs the full check
+    hashed = np.sort(np.concatenate(hashes)) if hashes else np.empty(0, dtype=np.uint64)
+    # Sorted, not np.unique: numpy 2's hashes the values, many times slower. A collision only
+    # costs the full check.
+    return not (hashed[1:] == hashed[:-1]).any()
 
 
 def _require_yes(chunks: Iterator[Chunk], column_plan: ColumnPlan, done: set[int]) -> None:
@@ -463,7 +470,11 @@ def _state(options: SyncOptions, input_path: str) -> contextlib.AbstractContextM
     if options.state is None or (options.dry_run and not options.state.exists()):
         return contextlib.nullcontext()  # a dry run creates no state: nothing is unchanged
     # A dry run only reads the state: it records no run.
-    return StateStore(options.state, input_name=None if options.dry_run else input_path)
+    return StateStore(
+        options.state,
+        input_name=None if options.dry_run else input_path,
+        read_only=options.dry_run,
+    )
 
 
 def _dry_run(items: Iterator[Items], outcomes: Outcomes) -> None:

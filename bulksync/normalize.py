@@ -27,7 +27,6 @@ import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from email_validator import EmailNotValidError, validate_email
 
 from .errors import UsageError
 from .operations import KINDS, PEOPLE, Invalid, Kind, Record, Role
@@ -482,6 +481,19 @@ def normalize(chunk: Chunk, plan: ColumnPlan) -> list[Record | Rejection]:
     return result
 
 
+def identifiers(frame: pd.DataFrame, plan: ColumnPlan) -> list[str | None]:
+    """The identifier normalize() gives each row of `frame`, for rows known to be valid (a
+    person's accepted row, found by its rowhash: plan.KnownRows): read from the identifier
+    column as normalize() reads it, without the other columns; None where there is none."""
+    column = plan.id_column
+    if column is None or column not in frame.columns:
+        return [None] * len(frame)
+    s = frame[column]
+    values, _ = _convert(column, s, _missing(s), plan)
+    ids, _ = _identifiers(column, values, _string_array(values))
+    return cast(list[str | None], ids.tolist())
+
+
 def _people(
     chunk: Chunk, reasons: Objects, identifiers: list[str | None], data: list[dict[str, Any]]
 ) -> list[Record | Rejection]:
@@ -801,6 +813,10 @@ def _over_bytes(strings: pd.Series, limit: int) -> Mask:
 
 def email_problem(address: str) -> str | None:
     """Why email-validator refuses `address`, or None when it is a valid address."""
+    # Imported here, once needed: it compiles its patterns on import, a tenth of a second that
+    # a file of plain addresses (certainly_valid_emails) or an unchanged night never needs.
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         validate_email(address, check_deliverability=False)
     except EmailNotValidError as exc:

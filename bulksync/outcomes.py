@@ -161,7 +161,7 @@ class Outcomes:
         if record.row == REMOVAL_ROW:
             self.state.record_removed(record.identifier)
         elif (key := state_key(record)) is not None:
-            self.state.record_accepted(key, record.payload, record.op)
+            self.state.record_accepted(key, record.payload, record.op, record.row)
 
     def failed(
         self, record: Record, mode: str, http_status: int | None, attempts: int, error: str
@@ -186,6 +186,8 @@ class Outcomes:
             mode=mode,
         )
         self._write(record.row, "failed", line, record.identifier)
+        if self.state is not None:
+            self.state.unsent(record.row)
 
     def flush(self) -> None:
         """The results file first, then the state's acceptances: a crash between the two can

@@ -2,21 +2,27 @@
 
 - resume: a row that already has an outcome in the results file is dropped;
 - diff state (`--state`): a row whose payload Customer.io already accepted, unchanged, becomes
-  `Unchanged` and is recorded as such instead of being sent.
+  `Unchanged` and is recorded as such instead of being sent. For people, `KnownRows` finds most
+  such rows before normalizing them, by their rowhash (rowhash.py), and normalizes the rest.
 """
 
 from __future__ import annotations
 
+import heapq
 import operator
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
 from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 
-from .normalize import Rejection
+from .normalize import ColumnPlan, Rejection, identifiers, normalize
 from .operations import KINDS, PEOPLE, Record, state_key
 from .results import ResultsLog
+from .rowhash import hash_key, row_hashes
+from .source import Chunk
 from .state import StateStore, payload_hash
 
 
@@ -39,7 +45,10 @@ def pending(items: Items, log: ResultsLog) -> list[Item]:
     return [item for item in items if log.status(item.row) is None]
 
 
-def changed(items: Items, store: StateStore) -> Items:
+Raws = Mapping[int, tuple[int, int]]  # row -> its rowhash (rowhash.py)
+
+
+def changed(items: Items, store: StateStore, raws: Raws | None = None) -> Items:
     """Turn the records Customer.io already accepted into `Unchanged`: for most kinds, the same
     payload accepted for the same key; for events ("once"), the event id accepted at all.
 
@@ -47,7 +56,10 @@ def changed(items: Items, store: StateStore) -> Items:
     run sends (or found unchanged) first, not with the state as it was: five versions of one
     person must not have the last one found "unchanged" against last night's and skipped while
     the four before it are sent. (Across chunks, the state is already up to date: rows are
-    marked in flight before the next chunk is planned, and recorded once accepted.)"""
+    marked in flight before the next chunk is planned, and recorded once accepted.)
+
+    `raws`: the rowhashes of these rows, for the state to keep with their payload's hash: now
+    for the rows found unchanged, once accepted for the rows sent (KnownRows)."""
     keys = {
         item.row: key
         for item in items
@@ -56,10 +68,27 @@ def changed(items: Items, store: StateStore) -> Items:
     if not keys:
         return items
     accepted = store.last_hashes(keys.values())
-    if not accepted and len(set(keys.values())) == len(keys):
-        return items  # nothing known and nothing repeated: every row is sent (a first night)
+    planned: Items = items
+    known: list[Record] = []  # the records found unchanged against the state
+    if accepted or len(set(keys.values())) < len(keys):  # else a first night: all are sent
+        planned, known = _compared(items, keys, accepted)
+    if raws and not store.read_only:
+        # A row's rowhash goes with the hash its payload matched, never another: the state
+        # must not pair a row with a payload it does not make.
+        store.remember_rows(
+            (*raws[r.row], keys[r.row], accepted[keys[r.row]]) for r in known if r.row in raws
+        )
+        sent = (item.row for item in planned if type(item) is Record)
+        store.sending_rows({row: raws[row] for row in sent if row in raws})
+    return planned
+
+
+def _compared(
+    items: Items, keys: Mapping[int, str], accepted: Mapping[str, bytes]
+) -> tuple[list[Item], list[Record]]:
     before: dict[str, Record] = {}  # key -> its latest record so far in this chunk
     planned: list[Item] = []
+    known: list[Record] = []
     for item in items:
         key = keys.get(item.row) if isinstance(item, Record) else None
         if key is None:
@@ -68,9 +97,11 @@ def changed(items: Items, store: StateStore) -> Items:
         assert isinstance(item, Record)
         earlier = before.get(key)
         same = _accepted(item, accepted.get(key)) if earlier is None else _same(item, earlier)
+        if same and earlier is None:
+            known.append(item)
         before[key] = item
         planned.append(Unchanged(item.row, item.identifier, item.op) if same else item)
-    return planned
+    return planned, known
 
 
 def _accepted(record: Record, known: bytes | None) -> bool:
@@ -84,6 +115,81 @@ def _accepted(record: Record, known: bytes | None) -> bool:
 def _same(record: Record, earlier: Record) -> bool:
     """Does `record` repeat the row of its key just before it (sent or unchanged)?"""
     return KINDS[record.op].diff == "once" or record.payload == earlier.payload
+
+
+class KnownRows:
+    """The fast path of an unchanged nightly run (people, with the state and the input's
+    repeats known): a row whose rowhash is the one the state keeps for a person's accepted row
+    becomes `Unchanged` before it is normalized (only its identifier is read); the other rows
+    are normalized, and their rowhashes handed to `changed()` for the state to keep.
+
+    The state's rowhashes are read once, at the start: a row sent tonight cannot make a later
+    row of the same person stale, since with the repeats known (`last`, as for superseded())
+    only a person's last row is ever sent, and the rows `last` replaces take the slow path."""
+
+    def __init__(self, store: StateStore, plan: ColumnPlan, last: Mapping[int, int]) -> None:
+        self.store = store
+        self.plan = plan
+        known = store.rowhashes()
+        self._first, self._second = known[:, 0].copy(), known[:, 1].copy()
+        self._replaced = np.array(sorted(last), dtype=np.int64)
+        self._keys: dict[tuple[str, ...], bytes] = {}  # a chunk's columns -> its hash key
+        self._raws: dict[int, tuple[int, int]] = {}  # the chunk's normalized rows' rowhashes
+
+    def normalize(self, chunk: Chunk) -> Items:
+        """`normalize(chunk)`, with the rows the state knows as they were accepted taken as
+        `Unchanged` without normalizing them; in row order."""
+        self._raws = {}
+        frame, rows = chunk.frame, chunk.rows
+        hashes = row_hashes(frame, self._key(frame)) if len(rows) else None
+        if hashes is None:
+            return normalize(chunk, self.plan)
+        numbers = np.asarray(rows, dtype=np.int64)
+        fast = self._known(hashes, numbers)
+        ids = identifiers(frame.iloc[fast], self.plan) if len(fast) else []
+        if None in ids:  # never for a row once accepted; if it were, normalize() tells why
+            fast, ids = fast[:0], []
+        slow = np.ones(len(rows), dtype=bool)
+        slow[fast] = False
+        slow_rows = numbers[slow].tolist()
+        self._raws = dict(zip(slow_rows, map(tuple, hashes[slow].tolist()), strict=True))
+        if not len(fast):
+            return normalize(chunk, self.plan)
+        # Unchanged(row, identifier) for each, built from C as normalize() builds its Records.
+        values = zip(numbers[fast].tolist(), ids, repeat(PEOPLE), repeat(None))
+        unchanged: list[Item] = list(map(tuple.__new__, repeat(Unchanged), values))
+        if not slow_rows and not chunk.bad_rows:
+            return unchanged
+        rest = Chunk(
+            frame.iloc[slow].reset_index(drop=True), slow_rows, chunk.bad_rows, chunk.lines
+        )
+        return list(heapq.merge(unchanged, normalize(rest, self.plan), key=_ROW))
+
+    def _key(self, frame: pd.DataFrame) -> bytes:
+        """The hash key of a chunk with these columns (of these types)."""
+        columns = tuple(f"{d}: {c}" for c, d in zip(frame.columns, frame.dtypes, strict=True))
+        key = self._keys.get(columns)
+        if key is None:
+            key = self._keys[columns] = hash_key(self.plan, list(columns))
+        return key
+
+    def _known(
+        self, hashes: npt.NDArray[np.int64], rows: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.intp]:
+        """Positions of the rows whose rowhash the state has, unless a later row replaces them."""
+        if not len(self._first):
+            return np.empty(0, dtype=np.intp)
+        at = np.searchsorted(self._first, hashes[:, 0])
+        at[at == len(self._first)] = 0
+        hit = (self._first[at] == hashes[:, 0]) & (self._second[at] == hashes[:, 1])
+        if len(self._replaced):  # by binary search: np.isin hashes both arrays first
+            at = np.minimum(np.searchsorted(self._replaced, rows), len(self._replaced) - 1)
+            hit &= self._replaced[at] != rows
+        return np.flatnonzero(hit)
+
+    def changed(self, items: Items) -> Items:
+        """changed(), with the rowhashes of the chunk just normalized."""
+        return changed(items, self.store, self._raws)
 
 
 def superseded(items: Items, last: Mapping[int, int]) -> list[Item]:
@@ -144,7 +250,8 @@ class Repeats:
 
     def observe(self, items: Items) -> Items:
         """Count the repeats among `items` (one chunk, in row order); return them unchanged."""
-        records = [i for i in items if isinstance(i, Record) and KINDS[i.op].last_wins]
+        # Record, or Unchanged found before normalizing (KnownRows): who each row names.
+        records = [i for i in items if isinstance(i, Record | Unchanged) and KINDS[i.op].last_wins]
         if not records:
             return items
         # map() runs hash and the getters from C, without a Python frame per row.

@@ -21,11 +21,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 
 from .errors import OutputError, UsageError
@@ -45,18 +47,27 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 """
 # Columns added since the first state files: added to an older file when it is opened.
-# state.seen_run: the last run whose complete input held the identifier; state.kind: the --kind
-# whose row was accepted (NULL in older files, which held people). runs.seen / absent / removed:
-# the identifiers a complete input held, the known ones it did not, and those removed since.
+# state.seen_run: the last run whose complete input held the identifier, as versions before
+# rowhashes wrote it (no longer written: it rewrote every known person each night, and nothing
+# read it; the runs table counts who each run saw); state.kind: the --kind
+# whose row was accepted (NULL in older files, which held people); state.raw1 / raw2: the
+# rowhash of the input row whose payload was accepted (NULL when not known), with which the next
+# run finds that row unchanged before normalizing it, and raw_at the acceptance it belongs to: a
+# version without rowhashes, run in between, updates accepted_at (or empties hash) and leaves the
+# rowhash, which must then not count. runs.seen / absent / removed: the
+# identifiers a complete input held, the known ones it did not, and those removed since.
 _ADDED_COLUMNS = {
-    "state": {"seen_run": "INTEGER", "kind": "TEXT"},
+    "state": {
+        "seen_run": "INTEGER",
+        "kind": "TEXT",
+        "raw1": "INTEGER",
+        "raw2": "INTEGER",
+        "raw_at": "INTEGER",
+    },
     "runs": {"seen": "INTEGER", "absent": "INTEGER", "removed": "INTEGER NOT NULL DEFAULT 0"},
 }
 # Rows of one kind (bound twice); a row of an older state file (no kind) was a person's.
 _OF_KIND = "(kind = ? OR (kind IS NULL AND ? = 'people'))"
-_ABSENT = f"{_OF_KIND} AND identifier NOT IN temp.seen"
-# Identifiers seen in this run's input, for who is absent: per connection, never in the file.
-_SEEN = "CREATE TEMP TABLE seen (identifier TEXT PRIMARY KEY) WITHOUT ROWID"
 
 
 def payload_hash(attributes: dict[str, Any]) -> bytes:
@@ -69,8 +80,11 @@ def payload_hash(attributes: dict[str, Any]) -> bytes:
 class StateStore:
     """Open (or create) the state file at `path`; use as a context manager."""
 
-    def __init__(self, path: Path, *, input_name: str | None = None) -> None:
+    def __init__(
+        self, path: Path, *, input_name: str | None = None, read_only: bool = False
+    ) -> None:
         self.path = path
+        self.read_only = read_only  # a dry run's: it may look, not write
         try:
             # Identifiers are personal data: create the file 0600 before SQLite does, and its
             # -wal and -shm files take the same mode.
@@ -87,12 +101,14 @@ class StateStore:
                 for name, declaration in columns.items():
                     if name not in have:
                         self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
-            self._db.execute(_SEEN)
         except (OSError, sqlite3.Error) as exc:
             raise UsageError(f"cannot open the state file {path}: {exc}") from None
         self._lock = threading.Lock()
-        self._pending: list[tuple[str, bytes, int, str]] = []
+        self._pending: list[tuple[str, bytes, int, str, int | None, int | None]] = []
+        # row -> its rowhash, for the rows being sent: stored with the payload once accepted.
+        self._raws: dict[int, tuple[int, int]] = {}
         self._removed: list[str] = []
+        self._seen: list[npt.NDArray[np.int64]] = []  # hashes of this run's identifiers (see())
         self.accepted = 0
         self._run = (
             self._db.execute(
@@ -115,19 +131,64 @@ class StateStore:
             ).fetchall()
         return dict(rows)
 
-    def mark_sending(self, identifiers: Iterable[str]) -> None:
-        """These identifiers are about to be sent: until their acceptance is recorded, a later
-        run must not take their old hash for what Customer.io holds."""
+    def rowhashes(self) -> npt.NDArray[np.int64]:
+        """The rowhash of each person's accepted row that has one (rowhash.py), sorted, shape
+        (n, 2): 16 bytes a person, read at once (a lookup per row cost more than hashing it).
+        Only people's rows have a rowhash: an acceptance of another kind writes none."""
+        with self._lock:
+            first, second = self._db.execute(
+                "SELECT group_concat(raw1), group_concat(raw2) FROM state"
+                " WHERE raw_at = accepted_at AND length(hash) > 0"
+            ).fetchone()
+        # Each half as one text of numbers parsed in C: no Python object per person.
+        pairs = np.column_stack(
+            [np.fromstring(half or "", dtype=np.int64, sep=",") for half in (first, second)]
+        )
+        return pairs[np.argsort(pairs[:, 0], kind="stable")]
+
+    def remember_rows(self, rows: Iterable[tuple[int, int, str, bytes]]) -> None:
+        """(raw1, raw2, identifier, hash): rows found unchanged by their payload's hash, whose
+        rowhash is now known, so the next run finds them unchanged before normalizing. Only
+        where the identifier still has that hash (an acceptance may have landed since)."""
+        if self.read_only:
+            return
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "UPDATE state SET hash = X'' WHERE identifier = ?", ((i,) for i in identifiers)
+                "UPDATE state SET raw1 = ?, raw2 = ?, raw_at = accepted_at"
+                " WHERE identifier = ? AND hash = ?",
+                rows,
             )
             self._db.execute("COMMIT")
 
-    def record_accepted(self, identifier: str, attributes: dict[str, Any], kind: str) -> None:
-        """Customer.io accepted this payload; written by the next flush()."""
-        self._pending.append((identifier, payload_hash(attributes), int(time.time()), kind))
+    def mark_sending(self, identifiers: Iterable[str]) -> None:
+        """These identifiers are about to be sent: until their acceptance is recorded, a later
+        run must not take their old hash (nor their old row) for what Customer.io holds."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "UPDATE state SET hash = X'', raw_at = NULL WHERE identifier = ?",
+                ((i,) for i in identifiers),
+            )
+            self._db.execute("COMMIT")
+
+    def sending_rows(self, raws: dict[int, tuple[int, int]]) -> None:
+        """row -> its rowhash, for rows about to be sent: kept with their payload's hash once
+        accepted (record_accepted)."""
+        self._raws.update(raws)
+
+    def unsent(self, row: int) -> None:
+        """The row failed: its rowhash is not needed."""
+        self._raws.pop(row, None)
+
+    def record_accepted(
+        self, identifier: str, attributes: dict[str, Any], kind: str, row: int | None = None
+    ) -> None:
+        """Customer.io accepted this payload (of input row `row`); written by the next flush()."""
+        raw1, raw2 = self._raws.pop(row, (None, None)) if row is not None else (None, None)
+        self._pending.append(
+            (identifier, payload_hash(attributes), int(time.time()), kind, raw1, raw2)
+        )
 
     def record_removed(self, identifier: str) -> None:
         """Customer.io accepted this person's removal: forgotten by the next flush()."""
@@ -144,13 +205,17 @@ class StateStore:
             raise OutputError.of(exc, self.path, "state file") from None
         self.accepted += len(pending)
 
-    def _record(self, pending: list[tuple[str, bytes, int, str]], removed: list[str]) -> None:
+    def _record(
+        self, pending: list[tuple[str, bytes, int, str, int | None, int | None]], removed: list[str]
+    ) -> None:
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT INTO state (identifier, hash, accepted_at, kind) VALUES (?, ?, ?, ?)"
+                "INSERT INTO state (identifier, hash, accepted_at, kind, raw1, raw2, raw_at)"
+                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, iif(?5 IS NULL, NULL, ?3))"
                 " ON CONFLICT (identifier) DO UPDATE SET hash = excluded.hash,"
-                " accepted_at = excluded.accepted_at, kind = excluded.kind",
+                " accepted_at = excluded.accepted_at, kind = excluded.kind,"
+                " raw1 = excluded.raw1, raw2 = excluded.raw2, raw_at = excluded.raw_at",
                 pending,
             )
             self._db.executemany("DELETE FROM state WHERE identifier = ?", ((i,) for i in removed))
@@ -166,13 +231,10 @@ class StateStore:
 
     def see(self, identifiers: Iterable[str]) -> None:
         """These identifiers are in this run's input (any row of theirs, valid or not)."""
-        # One statement per chunk (as in last_hashes): a statement per identifier cost more
-        # than reading the row.
-        seen = orjson.dumps(list(identifiers)).decode()
-        with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO temp.seen SELECT value FROM json_each(?)", (seen,)
-            )
+        # Their hashes, in memory (8 bytes a row): a table of them in SQLite cost more than
+        # reading the rows. Only this process compares them, so Python's own hash will do; a
+        # collision could only make an absent person look present, and be kept.
+        self._seen.append(np.fromiter(map(hash, identifiers), dtype=np.int64))
 
     def known(self, kind: str) -> int:
         """How many identifiers of `kind` Customer.io accepted on some run, still known."""
@@ -184,35 +246,45 @@ class StateStore:
 
     def absent_count(self, kind: str) -> int:
         """How many known identifiers of `kind` this run's input did not hold."""
-        with self._lock:
-            (count,) = self._db.execute(
-                f"SELECT count(*) FROM state WHERE {_ABSENT}", (kind, kind)
-            ).fetchone()
-        return int(count)
+        return sum(len(names) for names in self._absent(kind))
 
     def absent(self, kind: str) -> list[str]:
         """The known identifiers of `kind` this run's input did not hold, sorted."""
+        return [name for names in self._absent(kind) for name in names]
+
+    def _absent(self, kind: str) -> Iterator[list[str]]:
+        """The known identifiers of `kind` not seen, in sorted batches (the primary key's order),
+        read in batches: everyone could be absent, from an input that is not the right one."""
+        seen = self._seen_once()
         with self._lock:
-            rows = self._db.execute(
-                f"SELECT identifier FROM state WHERE {_ABSENT} ORDER BY identifier", (kind, kind)
-            ).fetchall()
-        return [row[0] for row in rows]
+            cursor = self._db.execute(
+                f"SELECT identifier FROM state WHERE {_OF_KIND} ORDER BY identifier", (kind, kind)
+            )
+            while names := [row[0] for row in cursor.fetchmany(50_000)]:
+                hashes = np.fromiter(map(hash, names), dtype=np.int64, count=len(names))
+                # By binary search (seen is sorted): np.isin hashes both arrays first.
+                at = np.minimum(np.searchsorted(seen, hashes), max(len(seen) - 1, 0))
+                absent = seen[at] != hashes if len(seen) else np.ones(len(names), dtype=bool)
+                yield [name for name, gone in zip(names, absent.tolist(), strict=True) if gone]
+
+    def _seen_once(self) -> npt.NDArray[np.int64]:
+        """The hashes see() was given, sorted, each once (and kept so)."""
+        seen = np.sort(np.concatenate([np.empty(0, np.int64), *self._seen]))
+        # Not np.unique: numpy 2's hashes the values, many times slower than sorting them.
+        seen = seen[np.append(True, seen[1:] != seen[:-1])] if len(seen) else seen
+        self._seen = [seen]
+        return seen
 
     def finish_seen(self, absent: int) -> None:
-        """This run read its whole input: the identifiers it held were last seen now."""
+        """This run read its whole input: how many identifiers it held, and how many known
+        ones it did not."""
         if self._run is None:
             return
+        seen = len(self._seen_once())
         with self._lock:
-            self._db.execute("BEGIN")
             self._db.execute(
-                "UPDATE state SET seen_run = ? WHERE identifier IN temp.seen", (self._run,)
+                "UPDATE runs SET seen = ?, absent = ? WHERE rowid = ?", (seen, absent, self._run)
             )
-            self._db.execute(
-                "UPDATE runs SET seen = (SELECT count(*) FROM temp.seen), absent = ?"
-                " WHERE rowid = ?",
-                (absent, self._run),
-            )
-            self._db.execute("COMMIT")
 
     def forget(self, identifiers: Iterable[str]) -> int:
         """Drop identifiers from the state, so their next row is sent; how many were known."""
