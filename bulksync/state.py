@@ -17,6 +17,7 @@ reader thread (lookups) and the event loop (updates) behind a lock.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import sqlite3
 import threading
@@ -246,15 +247,20 @@ class StateStore:
 
     def absent_count(self, kind: str) -> int:
         """How many known identifiers of `kind` this run's input did not hold."""
-        return sum(len(names) for names in self._absent(kind))
+        return sum(int(gone.sum()) for _, gone in self._absent(kind))
 
     def absent(self, kind: str) -> list[str]:
         """The known identifiers of `kind` this run's input did not hold, sorted."""
-        return [name for names in self._absent(kind) for name in names]
+        return [
+            name
+            for names, gone in self._absent(kind)
+            for name in itertools.compress(names, gone.tolist())
+        ]
 
-    def _absent(self, kind: str) -> Iterator[list[str]]:
-        """The known identifiers of `kind` not seen, in sorted batches (the primary key's order),
-        read in batches: everyone could be absent, from an input that is not the right one."""
+    def _absent(self, kind: str) -> Iterator[tuple[list[str], npt.NDArray[np.bool_]]]:
+        """The known identifiers of `kind` in sorted batches (the primary key's order), each
+        with which were not seen: read in batches, as everyone could be absent (from an input
+        that is not the right one)."""
         seen = self._seen_once()
         with self._lock:
             cursor = self._db.execute(
@@ -262,10 +268,12 @@ class StateStore:
             )
             while names := [row[0] for row in cursor.fetchmany(50_000)]:
                 hashes = np.fromiter(map(hash, names), dtype=np.int64, count=len(names))
+                if not len(seen):
+                    yield names, np.ones(len(names), dtype=bool)
+                    continue
                 # By binary search (seen is sorted): np.isin hashes both arrays first.
-                at = np.minimum(np.searchsorted(seen, hashes), max(len(seen) - 1, 0))
-                absent = seen[at] != hashes if len(seen) else np.ones(len(names), dtype=bool)
-                yield [name for name, gone in zip(names, absent.tolist(), strict=True) if gone]
+                at = np.minimum(np.searchsorted(seen, hashes), len(seen) - 1)
+                yield names, seen[at] != hashes
 
     def _seen_once(self) -> npt.NDArray[np.int64]:
         """The hashes see() was given, sorted, each once (and kept so)."""
