@@ -179,7 +179,10 @@ class KnownRows:
         """Positions of the rows whose rowhash the state has, unless a later row replaces them."""
         if not len(self._first):
             return np.empty(0, dtype=np.intp)
-        at = np.searchsorted(self._first, hashes[:, 0])
+        # Looked up in sorted order (and put back): a third of the time of random lookups.
+        order = np.argsort(hashes[:, 0])
+        at = np.empty_like(order)
+        at[order] = np.searchsorted(self._first, hashes[order, 0])
         at[at == len(self._first)] = 0
         hit = (self._first[at] == hashes[:, 0]) & (self._second[at] == hashes[:, 1])
         if len(self._replaced):  # by binary search: np.isin hashes both arrays first
