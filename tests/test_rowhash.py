@@ -65,6 +65,14 @@ def forget_rowhashes(state: Path) -> None:
         db.commit()
 
 
+def first_night(tmp_path: Path, rows: list[dict[str, str]]) -> Path:
+    """Sync `rows` with a new state file; the state file."""
+    state = tmp_path / "s.db"
+    result = sync_state(write_csv(tmp_path / "1.csv", rows), state, tmp_path / "1.jsonl")
+    assert result.exit_code == 0, result.output
+    return state
+
+
 # --- the hashes themselves -------------------------------------------------------------------
 
 
@@ -185,11 +193,8 @@ def test_an_unchanged_night_normalizes_nothing_and_ends_as_the_slow_path(
 def test_an_edited_row_is_sent_and_its_new_rowhash_kept(
     api_env: ServerThread, tmp_path: Path, normalized: Counter[str]
 ) -> None:
-    state = tmp_path / "s.db"
     rows = people(50)
-    assert (
-        sync_state(write_csv(tmp_path / "1.csv", rows), state, tmp_path / "1.jsonl").exit_code == 0
-    )
+    state = first_night(tmp_path, rows)
     rows[10]["plan"] = "enterprise"
     rows[20]["zip"] = "99999"
     source = write_csv(tmp_path / "2.csv", rows)
@@ -223,11 +228,8 @@ def test_a_repeated_person_known_by_rowhash_is_superseded_as_on_the_slow_path(
     """Last night's row of cust-2, then tonight's edit of it further down, then an exact copy
     of cust-3's row: the known rows are `unchanged` superseded by the later ones, as without
     rowhashes, and only the edit is sent."""
-    state = tmp_path / "s.db"
     rows = people(5)
-    assert (
-        sync_state(write_csv(tmp_path / "1.csv", rows), state, tmp_path / "1.jsonl").exit_code == 0
-    )
+    state = first_night(tmp_path, rows)
     edited = {**rows[1], "plan": "enterprise"}
     source = write_csv(tmp_path / "2.csv", [*rows, edited, rows[2]])
     slow = tmp_path / "slow.db"
@@ -332,11 +334,8 @@ def test_known_edited_new_and_broken_rows_in_one_chunk_keep_their_order(
 ) -> None:
     """Rows found by rowhash, rows normalized (edited, new, invalid) and a row the reader
     cannot read, mixed: the results file is the slow path's, line for line."""
-    state = tmp_path / "s.db"
     rows = people(40)
-    assert (
-        sync_state(write_csv(tmp_path / "1.csv", rows), state, tmp_path / "1.jsonl").exit_code == 0
-    )
+    state = first_night(tmp_path, rows)
     rows[5]["plan"] = "enterprise"
     rows[9]["email"] = "not an address"
     rows.insert(20, people(1, start=500)[0])
