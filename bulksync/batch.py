@@ -4,36 +4,98 @@ One batch request counts as one request against the workspace's rate limit, so i
 hundreds of people where identify carries one. Limits (track-api.md): a request under 500 KB, an
 operation at most 32 KB. Whether KB means 1000 or 1024 is unconfirmed, so the limits are held in
 the stricter reading, measured on the exact bytes sent.
+
+A batch's body is made once, while packing (in the sender's reader thread). A chunk's operations
+are serialized one after the other into one buffer, each let go as soon as it is copied there:
+kept as bytes objects of their own, a thousand of orjson's small outputs cost more to allocate
+than to serialize. The chunk's batches are then cut from the buffer by the operations' sizes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+import bisect
+import io
+import itertools
+import operator
+from collections.abc import Callable, Collection, Iterable, Iterator
+
+import orjson
 
 from .defaults import DEFAULT_BATCH_SIZE as DEFAULT_BATCH_SIZE
 from .normalize import Rejection
-from .operations import MAX_OPERATION_BYTES, Record, operation, order_keys
+from .operations import KINDS, MAX_OPERATION_BYTES, Kind, Record, order_keys
 
 MAX_REQUEST_BYTES = 500_000
 _OPEN, _CLOSE = b'{"batch":[', b"]}"
 
 
-@dataclass(frozen=True)
 class Batch:
-    """Records and their serialized operations, sent as one request."""
+    """Records and their serialized operations, sent as one request: the body holds the
+    operations in the records' order, separated by commas, record i's `sizes[i]` bytes long."""
+
+    __slots__ = ("_body", "_identifiers", "_sizes", "records")
 
     records: list[Record]
-    operations: list[bytes]
+    _body: bytes
+    _sizes: list[int]
+    _identifiers: Collection[str] | None
+
+    def __init__(self, records: list[Record], operations: Iterable[bytes]) -> None:
+        """The batch of `records` whose operations (`operations.operation`) are `operations`."""
+        operations = list(operations)
+        body = _OPEN + b",".join(operations) + _CLOSE
+        self._set(records, body, [len(op) for op in operations], None)
+
+    @classmethod
+    def _made(
+        cls, records: list[Record], body: bytes, sizes: list[int], identifiers: Collection[str]
+    ) -> Batch:
+        """A batch whose body pack() has made, with who its records touch (pack() knows
+        already: the sender claims them for the order without a call per row)."""
+        batch = cls.__new__(cls)
+        batch._set(records, body, sizes, identifiers)
+        return batch
+
+    def _set(
+        self,
+        records: list[Record],
+        body: bytes,
+        sizes: list[int],
+        identifiers: Collection[str] | None,
+    ) -> None:
+        assert len(records) == len(sizes), "one operation per record"
+        self.records = records
+        self._body = body
+        self._sizes = sizes
+        self._identifiers = identifiers
 
     def body(self) -> bytes:
-        return _OPEN + b",".join(self.operations) + _CLOSE
+        return self._body
+
+    @property
+    def operations(self) -> list[bytes]:
+        """Each record's operation, as the body holds it."""
+        operations = []
+        start = len(_OPEN)
+        for size in self._sizes:
+            operations.append(self._body[start : start + size])
+            start += size + 1  # and its comma
+        return operations
+
+    @property
+    def identifiers(self) -> Collection[str]:
+        """Who the operations touch (`operations.order_keys` of each record), for the sender's
+        per-identifier order."""
+        if self._identifiers is None:
+            self._identifiers = [key for record in self.records for key in order_keys(record)]
+        return self._identifiers
 
     def halves(self) -> tuple[Batch, Batch]:
         middle = len(self.records) // 2
+        operations = self.operations
         return (
-            Batch(self.records[:middle], self.operations[:middle]),
-            Batch(self.records[middle:], self.operations[middle:]),
+            Batch(self.records[:middle], operations[:middle]),
+            Batch(self.records[middle:], operations[middle:]),
         )
 
     def split(self, keep: Callable[[Record], bool]) -> tuple[Batch, Batch]:
@@ -52,6 +114,15 @@ class Batch:
     def __len__(self) -> int:
         return len(self.records)
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Batch):
+            return NotImplemented
+        return self.records == other.records and self._body == other._body
+
+    def __repr__(self) -> str:
+        rows = [record.row for record in self.records]
+        return f"Batch(rows={rows!r}, {len(self._body):,} bytes)"
+
 
 # Batches kept open at once while packing: a row whose identifier is already in a batch goes to
 # a later one, so a file with each person a few times in a row still fills whole batches.
@@ -63,28 +134,31 @@ class _Open:
 
     def __init__(self) -> None:
         self.records: list[Record] = []
-        self.operations: list[bytes] = []
+        self.body = bytearray(_OPEN)
+        self.sizes: list[int] = []
         self.identifiers: set[str] = set()
-        self.size = len(_OPEN) + len(_CLOSE)
         self.full = False
 
     def add(self, record: Record, op: bytes, keys: tuple[str, ...], batch_size: int) -> bool:
         """Add the operation (touching `keys`) if it fits; a batch that refuses one for its
         size is full."""
-        added = len(op) + (1 if self.operations else 0)  # the comma between operations
+        comma = 1 if self.records else 0
         # "< 500 KB": a request of exactly MAX_REQUEST_BYTES is already too large.
-        if self.full or (self.operations and self.size + added >= MAX_REQUEST_BYTES):
+        too_large = len(self.body) + comma + len(op) + len(_CLOSE) >= MAX_REQUEST_BYTES
+        if self.full or (self.records and too_large):
             self.full = True
             return False
+        if comma:
+            self.body += b","
+        self.body += op
+        self.sizes.append(len(op))
         self.records.append(record)
-        self.operations.append(op)
         self.identifiers.update(keys)
-        self.size += added
-        self.full = len(self.operations) >= batch_size
+        self.full = len(self.records) >= batch_size
         return True
 
     def batch(self) -> Batch:
-        return Batch(self.records, self.operations)
+        return Batch._made(self.records, bytes(self.body + _CLOSE), self.sizes, self.identifiers)
 
 
 def pack(records: Iterable[Record], batch_size: int) -> Iterator[Batch | Rejection]:
@@ -97,12 +171,12 @@ def pack(records: Iterable[Record], batch_size: int) -> Iterator[Batch | Rejecti
     alone is over MAX_OPERATION_BYTES is rejected at once (so a rejection may come before the
     batch that holds earlier rows), never sent."""
     records = list(records)
-    keys = [order_keys(record) for record in records]
-    touched = [key for record_keys in keys for key in record_keys]
+    keys = _order_keys(records)
+    touched = list(itertools.chain.from_iterable(keys))
     if len(set(touched)) == len(touched):
         # Nobody twice (the common chunk): each batch is the next run of rows, no batch
         # having to wait for another; the same batches, found without the search below.
-        yield from _pack_runs(records, batch_size)
+        yield from _pack_runs(records, batch_size, keys)
     else:
         yield from _pack_apart(records, keys, batch_size)
 
@@ -113,10 +187,9 @@ def _pack_apart(
     """pack() of records among which someone comes twice (each record touching `keys`): a
     record goes to the first open batch after the last one naming the same person."""
     batches: list[_Open] = []
-    for record, record_keys in zip(records, keys, strict=True):
-        op = operation(record)
+    for record, record_keys, op in zip(records, keys, _operations(records), strict=True):
         if len(op) > MAX_OPERATION_BYTES:
-            yield _too_large(record, op)
+            yield _too_large(record, len(op))
             continue
         # The first batch it may join: after the last one that names the same person.
         after = len(batches)
@@ -135,31 +208,72 @@ def _pack_apart(
         yield remaining.batch()
 
 
-def _pack_runs(records: list[Record], batch_size: int) -> Iterator[Batch | Rejection]:
-    """pack() of records that each touch other people: batches of consecutive rows."""
-    batch: list[Record] = []
-    ops: list[bytes] = []
-    size = len(_OPEN) + len(_CLOSE)
-    for record, op in zip(records, map(operation, records), strict=True):
-        if len(op) > MAX_OPERATION_BYTES:
-            yield _too_large(record, op)
-            continue
-        if ops and size + 1 + len(op) >= MAX_REQUEST_BYTES:  # 1: the comma before it
-            yield Batch(batch, ops)
-            batch, ops, size = [], [], len(_OPEN) + len(_CLOSE)
-        size += len(op) + (1 if ops else 0)
-        batch.append(record)
-        ops.append(op)
-        if len(ops) >= batch_size:
-            yield Batch(batch, ops)
-            batch, ops, size = [], [], len(_OPEN) + len(_CLOSE)
-    if ops:
-        yield Batch(batch, ops)
+def _pack_runs(
+    records: list[Record], batch_size: int, keys: list[tuple[str, ...]] | None = None
+) -> Iterator[Batch | Rejection]:
+    """pack() of records that each touch other people (each touching `keys`): batches of
+    consecutive rows, each as long as batch_size and the request's size let it be."""
+    if keys is None:
+        keys = _order_keys(records)
+    # The operations, each followed by its comma; operation i starts at starts[i], and
+    # starts[len(records)] is the end of the last comma.
+    buffer, sizes, starts = _serialized(records)
+    if sizes and max(sizes) > MAX_OPERATION_BYTES:
+        # Rows to reject (rare): the search that takes a row at a time, whose batches are the
+        # same for records that name nobody twice, and which rejects each row where it comes.
+        yield from _pack_apart(records, keys, batch_size)
+        return
+    view = memoryview(buffer)
+    first = 0
+    while first < len(records):
+        # The rows first..end-1 make a request of len(_OPEN) + (starts[end] - 1 - starts[first])
+        # + len(_CLOSE) bytes ("- 1": the last comma is not sent), which must stay under
+        # MAX_REQUEST_BYTES: `fits` is the largest end that keeps it there (one row always fits).
+        under = starts[first] + 1 - len(_OPEN) - len(_CLOSE) + MAX_REQUEST_BYTES
+        fits = bisect.bisect_left(starts, under, first + 1) - 1
+        end = max(first + 1, min(first + batch_size, fits))
+        body = b"".join((_OPEN, view[starts[first] : starts[end] - 1], _CLOSE))
+        identifiers = list(itertools.chain.from_iterable(keys[first:end]))
+        yield Batch._made(records[first:end], body, sizes[first:end], identifiers)
+        first = end
 
 
-def _too_large(record: Record, op: bytes) -> Rejection:
+def _serialized(records: list[Record]) -> tuple[bytes, list[int], list[int]]:
+    """The records' operations, each followed by a comma, one after the other; the size of
+    each; where each starts, then where the last comma ends."""
+    buffer = io.BytesIO()
+    with_commas = itertools.chain.from_iterable(zip(_operations(records), itertools.repeat(b",")))
+    written = list(map(buffer.write, with_commas))  # the sizes, of each operation then comma
+    return buffer.getvalue(), written[::2], list(itertools.accumulate(written, initial=0))[::2]
+
+
+def _operations(records: list[Record]) -> Iterator[bytes]:
+    """Each record's v2 operation, serialized (`operations.operation`), the kind looked up once
+    per kind rather than once per row."""
+    kinds = _kinds(records)
+    if len(kinds) == 1:
+        (kind,) = kinds.values()
+        return map(orjson.dumps, map(kind.operation, records))
+    return (orjson.dumps(kinds[record.op].operation(record)) for record in records)
+
+
+def _order_keys(records: list[Record]) -> list[tuple[str, ...]]:
+    """Who each record touches (`operations.order_keys`), the kind looked up once per kind."""
+    kinds = _kinds(records)
+    if len(kinds) == 1:
+        (kind,) = kinds.values()
+        return list(map(kind.touches, records))
+    return [kinds[record.op].touches(record) for record in records]
+
+
+def _kinds(records: list[Record]) -> dict[str, Kind]:
+    """The kinds of `records`, by name."""
+    return {name: KINDS[name] for name in dict.fromkeys(map(operator.attrgetter("op"), records))}
+
+
+def _too_large(record: Record, size: int) -> Rejection:
     return Rejection(
         record.row,
         record.identifier,
-        f"batch operation is {len(op):,} bytes, over the API's {MAX_OPERATION_BYTES:,}",
+        f"batch operation is {size:,} bytes, over the API's {MAX_OPERATION_BYTES:,}",
     )

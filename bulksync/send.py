@@ -36,7 +36,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from .batch import Batch, pack
@@ -194,18 +194,11 @@ class Sender:
     async def _read(self, chunks: Iterator[Items]) -> None:
         try:
             while (jobs := await asyncio.to_thread(self._next_jobs, chunks)) is not None:
-                written: list[Rejection | Unchanged] = []  # outcomes known without sending
-                for job in jobs:
-                    if isinstance(job, Rejection | Unchanged):
-                        written.append(job)
-                        continue
-                    if written:  # in row order, before the rows sent after them
-                        self.outcomes.many(written)
-                        written = []
-                    await self._queue.put([self._claim(part) for part in self._parts(job)])
-                if written:
-                    self.outcomes.many(written)
-                self.outcomes.flush()
+                await self._queue_jobs(jobs)
+                # Let go of the chunk before reading the next one: its rows are to live only as
+                # long as their requests, for every full pass of the garbage collector walks
+                # each row still alive.
+                del jobs
         except InputError as exc:
             # The input breaks part-way (bytes that do not decode, quotes that cannot be
             # bounded): read no further, but let the rows already read be sent and their
@@ -214,14 +207,28 @@ class Sender:
         for _ in self._workers:
             await self._queue.put(None)  # one stop signal per worker
 
+    async def _queue_jobs(self, jobs: Sequence[Job | Rejection | Unchanged]) -> None:
+        """Queue a chunk's jobs, in order, each claiming its identifiers; write the outcomes
+        known without sending."""
+        written: list[Rejection | Unchanged] = []
+        for job in jobs:
+            if isinstance(job, Rejection | Unchanged):
+                written.append(job)
+                continue
+            if written:  # in row order, before the rows sent after them
+                self.outcomes.many(written)
+                written = []
+            await self._queue.put([self._claim(part) for part in self._parts(job)])
+        if written:
+            self.outcomes.many(written)
+        self.outcomes.flush()
+
     def _parts(self, job: Job) -> Iterable[Job]:
         """A batch naming people whose earlier rows are still unanswered comes in two parts:
         the rows free to go, and the rows that must wait. Waiting whole, every row of it would
         wait, and in a file where people repeat close together each batch would wait for the
         one before it, one round trip at a time."""
-        if not isinstance(job, Batch) or not any(
-            key in self._last_job for record in job.records for key in order_keys(record)
-        ):
+        if not isinstance(job, Batch) or self._last_job.keys().isdisjoint(job.identifiers):
             return [job]
         ready, held = job.split(
             lambda record: all(key not in self._last_job for key in order_keys(record))
@@ -231,21 +238,28 @@ class Sender:
     def _claim(self, job: Job) -> _Part:
         """Make `job` the latest job of each of its identifiers; it waits for the previous."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        earlier: dict[asyncio.Future[None], None] = {}
-        for identifier in (key for record in _records(job) for key in order_keys(record)):
-            previous = self._last_job.get(identifier)
-            if previous is not None:
-                earlier[previous] = None
-            self._last_job[identifier] = done
+        identifiers = _identifiers(job)
+        earlier: dict[asyncio.Future[None], None] = {}  # each once, in the order first named
+        if not self._last_job.keys().isdisjoint(identifiers):  # else (the common job) none
+            for identifier in identifiers:
+                previous = self._last_job.get(identifier)
+                if previous is not None:
+                    earlier[previous] = None
+        self._last_job.update(dict.fromkeys(identifiers, done))
         return _Part(job, list(earlier), done)
+
+    def _release_all(self, parts: _Queued) -> None:
+        for part in parts:
+            self._release(part)
 
     def _release(self, part: _Part) -> None:
         if part.done.done():
             return
         part.done.set_result(None)
-        for identifier in (key for record in _records(part.job) for key in order_keys(record)):
-            if self._last_job.get(identifier) is part.done:
-                del self._last_job[identifier]
+        last_job, done = self._last_job, part.done
+        for identifier in _identifiers(part.job):
+            if last_job.get(identifier) is done:  # else a later job has claimed it since
+                del last_job[identifier]
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -254,8 +268,11 @@ class Sender:
             try:
                 await self._send_in_order(parts)
             finally:
-                for part in parts:
-                    self._release(part)
+                self._release_all(parts)
+            # Waiting for the next job, a worker must not keep the rows of its last one alive:
+            # with 64 workers, 64 batches' rows, which every full pass of the garbage collector
+            # would walk again.
+            del parts
 
     async def _send_in_order(self, parts: _Queued) -> None:
         """Send each part once the earlier rows of its people are answered: one request for
@@ -411,6 +428,12 @@ class Sender:
 
 def _records(job: Job) -> list[Record]:
     return job.records if isinstance(job, Batch) else [job]
+
+
+def _identifiers(job: Job) -> Collection[str]:
+    """Who the job's rows touch, for the per-identifier order (a batch's, found as it was
+    packed)."""
+    return job.identifiers if isinstance(job, Batch) else order_keys(job)
 
 
 def _refused_operations(body: object) -> dict[int, str]:
