@@ -134,24 +134,19 @@ def valid_lines(records: Iterable[Record]) -> bytearray:
 
 def unchanged_lines(items: Iterable[Unchanged]) -> bytearray:
     """The lines of unchanged rows, each `outcome_line(row, identifier, "unchanged", op,
-    superseded_by=superseded_by)`, made as `valid_lines` makes its own: a nightly re-run
-    writes one per row."""
+    superseded_by=superseded_by)`, made as `ok_lines` makes its own: a nightly re-run writes
+    one per row."""
     lines = bytearray()
-    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    dumps = orjson.dumps
+    ends: dict[str, bytes] = {}  # op -> what follows the id
     for row, identifier, op, superseded_by in items:
         if row == REMOVAL_ROW or superseded_by is not None:  # lines with more keys
             lines += outcome_line(row, identifier, "unchanged", op, superseded_by=superseded_by)
             continue
-        line = {
-            "row": row,
-            "id": identifier,
-            "op": op,
-            "status": "unchanged",
-            "http_status": None,
-            "attempts": 0,
-            "error": None,
-        }
-        lines += dumps(line, option=newline)
+        end = ends.get(op)
+        if end is None:
+            end = ends[op] = _line_end(op, "unchanged", None, 0)
+        lines += b'{"row":%d,"id":%b%b' % (row, dumps(identifier), end)
     return lines
 
 
@@ -174,21 +169,23 @@ def ok_lines(
             continue
         end = ends.get(op)
         if end is None:
-            end = ends[op] = _ok_line_end(op, mode, http_status, attempts)
+            end = ends[op] = _line_end(op, "ok", http_status, attempts, mode=mode)
         # The id as orjson writes a string in any line; the row, an int, as orjson writes it.
         lines += b'{"row":%d,"id":%b%b' % (row, dumps(identifier), end)
     return lines
 
 
-def _ok_line_end(op: str, mode: str, http_status: int | None, attempts: int) -> bytes:
-    """`ok_lines`' lines after the id: the rest of outcome_line's keys, in its order."""
+def _line_end(
+    op: str, status: Status, http_status: int | None, attempts: int, **more: Any
+) -> bytes:
+    """A line's end after its id: the rest of outcome_line's keys, in its order."""
     rest = {
         "op": op,
-        "status": "ok",
+        "status": status,
         "http_status": http_status,
         "attempts": attempts,
         "error": None,
-        "mode": mode,
+        **more,
     }
     return b"," + orjson.dumps(rest, option=orjson.OPT_APPEND_NEWLINE)[1:]  # without its "{"
 

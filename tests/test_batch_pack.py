@@ -1,7 +1,8 @@
 """The batch send stage made cheap, held to what it did row by row: pack() cuts a chunk's
 batches from its operations serialized one after the other, and must make the same batches,
 bodies and rejections as packing a row at a time; a batch knows who its rows touch; ok_lines
-makes each line as outcome_line does; and the sender lets go of the rows it has answered."""
+(and unchanged_lines, a re-run's) make each line as outcome_line does; and the sender lets go
+of the rows it has answered."""
 
 from __future__ import annotations
 
@@ -31,7 +32,16 @@ from bulksync.operations import (
     order_keys,
 )
 from bulksync.outcomes import Outcomes
-from bulksync.results import REMOVAL_ROW, InputIdentity, ResultsLog, Status, ok_lines, outcome_line
+from bulksync.plan import Unchanged
+from bulksync.results import (
+    REMOVAL_ROW,
+    InputIdentity,
+    ResultsLog,
+    Status,
+    ok_lines,
+    outcome_line,
+    unchanged_lines,
+)
 from bulksync.send import Sender
 from bulksync.track import Credentials, TrackClient
 
@@ -220,6 +230,28 @@ def test_ok_lines_of_awkward_identifiers() -> None:
         for r in records
     )
     assert bytes(ok_lines(records, "batch", 200, 2)) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, 10**9),
+            texts,
+            st.sampled_from([PEOPLE, "objects"]),
+            st.none() | st.integers(1, 10**9),
+        ),
+        max_size=30,
+    )
+)
+def test_unchanged_lines_are_outcome_lines(rows: list[tuple[int, str, str, int | None]]) -> None:
+    """As ok_lines: a nightly re-run writes one per row, most of them made from a shared end."""
+    items = [Unchanged(row, identifier, op, later) for row, identifier, op, later in rows]
+    expected = b"".join(
+        outcome_line(i.row, i.identifier, "unchanged", i.op, superseded_by=i.superseded_by)
+        for i in items
+    )
+    assert bytes(unchanged_lines(items)) == expected
 
 
 # --- the sender lets go of answered rows --------------------------------------------------------
