@@ -254,7 +254,8 @@ class Repeats:
     def observe(self, items: Items) -> Items:
         """Count the repeats among `items` (one chunk, in row order); return them unchanged."""
         # Record, or Unchanged found before normalizing (KnownRows): who each row names.
-        records = [i for i in items if isinstance(i, Record | Unchanged) and KINDS[i.op].last_wins]
+        named = (Record, Unchanged)  # a tuple: `Record | Unchanged` would be made per row
+        records = [i for i in items if isinstance(i, named) and KINDS[i.op].last_wins]
         if not records:
             return items
         # map() runs hash and the getters from C, without a Python frame per row.
