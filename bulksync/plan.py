@@ -130,8 +130,7 @@ class KnownRows:
     def __init__(self, store: StateStore, plan: ColumnPlan, last: Mapping[int, int]) -> None:
         self.store = store
         self.plan = plan
-        known = store.rowhashes()
-        self._first, self._second = known[:, 0].copy(), known[:, 1].copy()
+        self._first, self._second = store.rowhashes()
         self._replaced = np.array(sorted(last), dtype=np.int64)
         self._keys: dict[tuple[str, ...], bytes] = {}  # a chunk's columns -> its hash key
         self._raws: dict[int, tuple[int, int]] = {}  # the chunk's normalized rows' rowhashes

@@ -132,20 +132,33 @@ class StateStore:
             ).fetchall()
         return dict(rows)
 
-    def rowhashes(self) -> npt.NDArray[np.int64]:
-        """The rowhash of each person's accepted row that has one (rowhash.py), sorted, shape
-        (n, 2): 16 bytes a person, read at once (a lookup per row cost more than hashing it).
-        Only people's rows have a rowhash: an acceptance of another kind writes none."""
+    def rowhashes(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """The rowhash of each person's accepted row that has one (rowhash.py), as its two
+        halves, sorted by the first: 16 bytes a person, read at the start of a run (a lookup
+        per row cost more than hashing it). Only people's rows have a rowhash: an acceptance of
+        another kind writes none."""
+        halves: list[list[npt.NDArray[np.int64]]] = [[], []]
+        after = ""  # below every identifier (none is empty; one missed only costs speed)
         with self._lock:
-            first, second = self._db.execute(
-                "SELECT group_concat(raw1), group_concat(raw2) FROM state"
-                " WHERE raw_at = accepted_at AND length(hash) > 0"
-            ).fetchone()
-        # Each half as one text of numbers parsed in C: no Python object per person.
-        pairs = np.column_stack(
-            [np.fromstring(half or "", dtype=np.int64, sep=",") for half in (first, second)]
-        )
-        return pairs[np.argsort(pairs[:, 0], kind="stable")]
+            while True:
+                # A page of them at a time, each half as one text of numbers parsed in C: no
+                # Python object per person, and no text of them all at once.
+                first, second, count, after = self._db.execute(
+                    "SELECT group_concat(raw1), group_concat(raw2), count(*), max(identifier)"
+                    " FROM (SELECT identifier, raw1, raw2 FROM state"
+                    "  WHERE identifier > ? AND raw_at = accepted_at AND length(hash) > 0"
+                    "  ORDER BY identifier LIMIT 100000)",
+                    (after,),
+                ).fetchone()
+                if not count:
+                    break
+                for found, text in zip(halves, (first, second), strict=True):
+                    found.append(np.fromstring(text, dtype=np.int64, sep=","))
+        first_halves = np.concatenate([np.empty(0, np.int64), *halves[0]])
+        second_halves = np.concatenate([np.empty(0, np.int64), *halves[1]])
+        del halves
+        order = np.argsort(first_halves)
+        return first_halves[order], second_halves[order]
 
     def remember_rows(self, rows: Iterable[tuple[int, int, str, bytes]]) -> None:
         """(raw1, raw2, identifier, hash): rows found unchanged by their payload's hash, whose
