@@ -439,7 +439,9 @@ def _ids_unique(input_path: str, options: SyncOptions, column_plan: ColumnPlan) 
                 return False  # JSON's 1 and "1" name one person
             cells = cells[cells.notna() & (cells != "")]  # no identifier: rejected, not a repeat
             hashes.append(pd.util.hash_pandas_object(cells, index=False).to_numpy())
-    hashed = np.sort(np.concatenate(hashes)) if hashes else np.empty(0, dtype=np.uint64)
+    hashed = np.concatenate([np.empty(0, dtype=np.uint64), *hashes])
+    del hashes
+    hashed.sort()  # in place: no second copy of a hash per row
     # Sorted, not np.unique: numpy 2's hashes the values, many times slower. A collision only
     # costs the full check.
     return not (hashed[1:] == hashed[:-1]).any()

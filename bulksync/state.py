@@ -158,7 +158,8 @@ class StateStore:
         second_halves = np.concatenate([np.empty(0, np.int64), *halves[1]])
         del halves
         order = np.argsort(first_halves)
-        return first_halves[order], second_halves[order]
+        first_halves.sort()  # in place, as argsort ordered it; then the other half, by order
+        return first_halves, second_halves[order]
 
     def remember_rows(self, rows: Iterable[tuple[int, int, str, bytes]]) -> None:
         """(raw1, raw2, identifier, hash): rows found unchanged by their payload's hash, whose
@@ -290,7 +291,9 @@ class StateStore:
 
     def _seen_once(self) -> npt.NDArray[np.int64]:
         """The hashes see() was given, sorted, each once (and kept so)."""
-        seen = np.sort(np.concatenate([np.empty(0, np.int64), *self._seen]))
+        seen = np.concatenate([np.empty(0, np.int64), *self._seen])
+        self._seen = []
+        seen.sort()  # in place: no second copy of a hash per row
         # Not np.unique: numpy 2's hashes the values, many times slower than sorting them.
         seen = seen[np.append(True, seen[1:] != seen[:-1])] if len(seen) else seen
         self._seen = [seen]
