@@ -1,8 +1,9 @@
-"""The simulator's fast path for batches of person identifies (fake/server.py, _identify_batch):
-a batch it proves valid is accepted without a parser call per operation, and applied to the
-workspace only when something looks. Whatever the batch, the answer and what a test can
-inspect afterwards must be what the general path (every operation through _parse_operation)
-gives: the property test below sends each batch both ways and compares."""
+"""The simulator's fast paths for batches of person identifies, events and add_relationships
+(fake/server.py, _fast_batch): a batch it proves valid is accepted without a parser call per
+operation, and applied to the workspace only when something looks. Whatever the batch, the
+answer and what a test can inspect afterwards must be what the general path (every operation
+through _parse_operation) gives: the property test below sends each batch both ways and
+compares."""
 
 from __future__ import annotations
 
@@ -56,10 +57,10 @@ def bulk_batch(count: int, start: int = 0) -> list[dict[str, Any]]:
 
 
 class Spy:
-    """Wraps _identify_batch: what it proved (or not), call by call."""
+    """Wraps _fast_batch: what it proved (or not), call by call."""
 
     def __init__(self) -> None:
-        self.real = server_module._identify_batch
+        self.real = server_module._fast_batch
         self.proven: list[bool] = []
 
     def __call__(self, operations: list[Any]) -> Any:
@@ -71,7 +72,7 @@ class Spy:
 @pytest.fixture
 def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
     spy = Spy()
-    monkeypatch.setattr(server_module, "_identify_batch", spy)
+    monkeypatch.setattr(server_module, "_fast_batch", spy)
     return spy
 
 
@@ -176,9 +177,205 @@ def any_ops(draw: st.DrawFn) -> Any:
     return draw(st.one_of(st.just(op), st.sampled_from(["delete", 5, [], None])))
 
 
+def either(
+    draw: st.DrawFn, bad: int, valid: st.SearchStrategy[Any], invalid: st.SearchStrategy[Any]
+) -> Any:
+    """A valid value, or one in `bad` times (never if 0) an invalid one: a batch is then valid
+    as a whole, or invalid in one or two ways."""
+    return draw(invalid) if bad and draw(st.integers(0, bad - 1)) == 0 else draw(valid)
+
+
+LEFT_OUT = object()  # a key left out of the operation
+
+
+def person_identifiers(draw: st.DrawFn, bad: int) -> Any:
+    key = draw(st.sampled_from(["id", "email", "cio_id"]))
+    person = draw(st.sampled_from(VALID_PEOPLE))
+    if key == "cio_id" and len(person.encode()) > 146:
+        person = "abc"
+    return either(
+        draw,
+        bad,
+        st.just({key: person}),
+        st.one_of(
+            st.dictionaries(
+                st.sampled_from(["id", "email", "cio_id", "object_id"]),
+                st.one_of(st.sampled_from(PEOPLE), st.sampled_from(["", 42, True, None])),
+                max_size=2,
+            ),
+            st.sampled_from(["p1", None, [], LEFT_OUT]),
+        ),
+    )
+
+
+def put(op: dict[str, Any], key: str, value: Any) -> None:
+    if value is not LEFT_OUT:
+        op[key] = value
+
+
+# ULIDs: E1 is held before the batch, E2 is sent after it (v1), so either, sent in a batch,
+# shows whether the batch takes its place between the two.
+E1, E2 = "01ARZ3NDEKTSV4RRFFQ69G5FAV", "7ZZZZZZZZZZZZZZZZZZZZZZZZZ"
+EVENT_IDS = [E1, E2, "0" * 26, "01HZY8Q2W3E4R5T6Y7V8J9K0PA"]
+BAD_EVENT_IDS = [
+    "",
+    "8ZZZZZZZZZZZZZZZZZZZZZZZZZ",  # over 128 bits
+    E1.lower(),
+    "01ARZ3NDEKTSV4RRFFQ69G5FAI",  # I is not Crockford
+    E1[:25],
+    E1 + "0",
+    "é" * 26,
+    "01ARZ3NDEKTSV4RRFFQ69G5FA\n",
+    26,
+    None,
+    True,
+]
+EVENT_NAMES = ["purchase", "n" * 100, "é" * 50, "a b"]
+BAD_EVENT_NAMES = ["", "n" * 101, "é" * 51, 5, None, ["purchase"], LEFT_OUT]
+EVENT_DATA = st.dictionaries(
+    st.sampled_from(NAMES), st.one_of(VALUES, st.just({"nested": [1, {"a": None}]})), max_size=4
+)
+
+
+@st.composite
+def event_ops(draw: st.DrawFn, bad: int = 12) -> Any:
+    """A person event as bulksync sends it, or one with one of its fields wrong."""
+    op: dict[str, Any] = {}
+    put(op, "type", either(draw, bad, st.just("person"), st.sampled_from(["object", 1, LEFT_OUT])))
+    put(op, "identifiers", person_identifiers(draw, bad))
+    put(
+        op,
+        "action",
+        either(draw, bad, st.just("event"), st.sampled_from(["Event", "identify", None])),
+    )
+    put(
+        op,
+        "name",
+        either(draw, bad, st.sampled_from(EVENT_NAMES), st.sampled_from(BAD_EVENT_NAMES)),
+    )
+    put(
+        op,
+        "id",
+        either(draw, bad, st.sampled_from([*EVENT_IDS, LEFT_OUT]), st.sampled_from(BAD_EVENT_IDS)),
+    )
+    put(
+        op,
+        "timestamp",
+        either(
+            draw,
+            bad,
+            st.one_of(st.integers(min_value=-(2**63), max_value=2**64 - 1), st.just(LEFT_OUT)),
+            st.sampled_from([True, 1.5, 1e9, "1700000000", None]),
+        ),
+    )
+    put(
+        op,
+        "attributes",
+        either(
+            draw,
+            bad,
+            st.one_of(EVENT_DATA, st.just(LEFT_OUT)),
+            st.sampled_from([None, [], "x", [{"a": 1}]]),
+        ),
+    )
+    if draw(st.integers(0, 11)) == 0:
+        op["padding"] = draw(st.sampled_from(["x" * 32_000, "x" * 31_700]))  # around the limit
+    return either(draw, bad, st.just(op), st.sampled_from(["event", 5, [], None]))
+
+
+@st.composite
+def relationship_items(draw: st.DrawFn, bad: int = 12) -> Any:
+    item: dict[str, Any] = {}
+    target = {
+        "object_type_id": either(
+            draw,
+            bad,
+            st.sampled_from(["1", "é", "t" * 200]),
+            st.sampled_from(["", 1, None, LEFT_OUT]),
+        ),
+        "object_id": either(
+            draw, bad, st.sampled_from(["c1", "c2", "✓"]), st.sampled_from(["", 2, [], LEFT_OUT])
+        ),
+    }
+    target = {key: value for key, value in target.items() if value is not LEFT_OUT}
+    if draw(st.integers(0, 5)) == 0:
+        target["other"] = "kept out of the key"
+    put(
+        item,
+        "identifiers",
+        either(draw, bad, st.just(target), st.sampled_from([None, "c1", LEFT_OUT])),
+    )
+    put(
+        item,
+        "relationship_attributes",
+        either(
+            draw,
+            bad,
+            st.one_of(
+                st.dictionaries(st.sampled_from(VALID_NAMES), SCALARS, max_size=4),
+                st.just(LEFT_OUT),
+            ),
+            st.one_of(
+                st.dictionaries(st.sampled_from(NAMES), VALUES, max_size=4),
+                st.sampled_from(
+                    [
+                        None,
+                        [],
+                        {f"a{i}": 1 for i in range(300)},
+                        {f"a{i}": 1 for i in range(301)},
+                        {"notes": "x" * 999, "more": "é" * 500},
+                    ]
+                ),
+            ),
+        ),
+    )
+    return either(draw, bad, st.just(item), st.sampled_from([None, "c1", []]))
+
+
+@st.composite
+def relationship_ops(draw: st.DrawFn, bad: int = 12) -> Any:
+    """A person add_relationships as bulksync sends it (one relationship; the API takes more),
+    or one with one of its fields wrong."""
+    op: dict[str, Any] = {}
+    put(op, "type", either(draw, bad, st.just("person"), st.sampled_from(["object", LEFT_OUT])))
+    put(op, "identifiers", person_identifiers(draw, bad))
+    put(
+        op,
+        "action",
+        either(
+            draw, bad, st.just("add_relationships"), st.sampled_from(["add_relationship", None])
+        ),
+    )
+    put(
+        op,
+        "cio_relationships",
+        either(
+            draw,
+            bad,
+            st.lists(relationship_items(bad), min_size=1, max_size=3),
+            st.sampled_from([[], None, {"identifiers": {}}, LEFT_OUT]),
+        ),
+    )
+    if draw(st.integers(0, 11)) == 0:
+        op["padding"] = draw(st.sampled_from(["x" * 32_000, "x" * 31_700]))
+    return either(draw, bad, st.just(op), st.sampled_from(["add_relationships", 5, None]))
+
+
 BATCHES = st.one_of(
     st.lists(valid_ops(), min_size=1, max_size=6),
     st.lists(st.one_of(valid_ops(), any_ops()), max_size=6),
+    st.lists(event_ops(bad=0), min_size=1, max_size=6),
+    st.lists(event_ops(), min_size=1, max_size=6),
+    st.lists(relationship_ops(bad=0), min_size=1, max_size=6),
+    st.lists(relationship_ops(), min_size=1, max_size=6),
+    # Valid operations and one that may be wrong in one field.
+    st.tuples(st.lists(event_ops(bad=0), max_size=3), event_ops(bad=6)).map(
+        lambda ops: [*ops[0], ops[1]]
+    ),
+    st.tuples(st.lists(relationship_ops(bad=0), max_size=3), relationship_ops(bad=6)).map(
+        lambda ops: [*ops[0], ops[1]]
+    ),
+    st.lists(st.one_of(valid_ops(), event_ops(), relationship_ops()), min_size=1, max_size=4),
 )
 
 
@@ -193,6 +390,11 @@ def inspect(server: ServerThread, people: set[str]) -> dict[str, Any]:
             "batch_accepted": list(fake.batch_accepted),
             "accepted": fake.accepted(),
             "people": {person: fake.person(person) for person in sorted(people)},
+            # And what it holds, in the order it holds it.
+            "held": {
+                name: list(value.items()) if isinstance(value, dict) else value
+                for name, value in vars(fake._settled()).items()
+            },
             "stats_accepted": fake.stats()["accepted"],
         }
 
@@ -200,36 +402,159 @@ def inspect(server: ServerThread, people: set[str]) -> dict[str, Any]:
 
 
 def run(server: ServerThread, operations: list[Any], reject: frozenset[str]) -> dict[str, Any]:
-    """The state before the batch (p1 exists, p2 was deleted), the batch, what it left."""
+    """The state before the batch (p1 exists, with event E1 and a relationship to c1, p2 was
+    deleted), the batch, what it left."""
     server.reset()
     assert send(server, "PUT", "/api/v1/customers/p1", b'{"plan":"free"}')[0] == 200
     assert send(server, "PUT", "/api/v1/customers/p2", b'{"plan":"free"}')[0] == 200
     assert send(server, "DELETE", "/api/v1/customers/p2", None)[0] == 200
+    event = orjson.dumps({"name": "signup", "id": E1})
+    assert send(server, "POST", "/api/v1/customers/p1/events", event)[0] == 200
+    related = {
+        "type": "person",
+        "identifiers": {"id": "p1"},
+        "action": "add_relationships",
+        "cio_relationships": [{"identifiers": {"object_type_id": "1", "object_id": "c1"}}],
+    }
+    assert send(server, "POST", "/api/v2/entity", orjson.dumps(related))[0] == 200
     server.fake.config.reject_ids = reject
     answer = send(server, "POST", "/api/v2/batch", orjson.dumps({"batch": operations}))
     server.fake.config.reject_ids = frozenset()
-    # And a change after the batch, which must come after the batch's.
+    # And changes after the batch, which must come after the batch's.
     assert send(server, "PUT", "/api/v1/customers/p3", b'{"_update":true,"plan":"pro"}')[0] == 200
+    event = orjson.dumps({"name": "later", "id": E2})
+    assert send(server, "POST", "/api/v1/customers/p3/events", event)[0] == 200
     people = {*PEOPLE, "cio_abc"} | {f"cio_{person}" for person in PEOPLE}
     return {"answer": answer, **inspect(server, people)}
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(operations=BATCHES, reject=st.sampled_from([frozenset(), frozenset({"p3"})]))
 def test_any_batch_is_answered_and_applied_as_by_the_general_path(
     server: ServerThread, operations: list[Any], reject: frozenset[str]
 ) -> None:
     spy = Spy()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(server_module, "_identify_batch", spy)
+        patch.setattr(server_module, "_fast_batch", spy)
         fast = run(server, operations, reject)
-    event(f"fast path proved the batch: {any(spy.proven)}")
+    first = operations[0].get("action") if operations and isinstance(operations[0], dict) else None
+    event(f"fast path proved the batch: {any(spy.proven)} (first action: {first!r})")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(server_module, "_identify_batch", no_fast_path)
+        patch.setattr(server_module, "_fast_batch", no_fast_path)
         general = run(server, operations, reject)
     assert fast == general
     # stats() counts what accepted() lists without building it.
     assert fast["stats_accepted"] == sum(map(len, fast["accepted"].values()))
+
+
+def event_op(person: str = "p1", **fields: Any) -> dict[str, Any]:
+    """A person event as bulksync sends it (`fields` replace or add; LEFT_OUT removes)."""
+    op = {
+        "type": "person",
+        "identifiers": {"id": person},
+        "action": "event",
+        "name": "purchase",
+        "id": E2,
+        "timestamp": 1_700_000_000,
+        "attributes": {"sku": "sku-1", "total": "1.99"},
+    }
+    op.update(fields)
+    return {key: value for key, value in op.items() if value is not LEFT_OUT}
+
+
+def relationship_op(person: str = "p1", **fields: Any) -> dict[str, Any]:
+    """A person add_relationships as bulksync sends it, its relationship's fields replaced."""
+    item: dict[str, Any] = {
+        "identifiers": {"object_type_id": "1", "object_id": "c2"},
+        "relationship_attributes": {"role": "member"},
+    }
+    target = {**item["identifiers"], **fields.pop("target", {})}
+    item["identifiers"] = {key: value for key, value in target.items() if value is not LEFT_OUT}
+    item.update(fields.pop("item", {}))
+    op = {
+        "type": "person",
+        "identifiers": {"id": person},
+        "action": "add_relationships",
+        "cio_relationships": [{key: value for key, value in item.items() if value is not LEFT_OUT}],
+    }
+    op.update(fields)
+    return {key: value for key, value in op.items() if value is not LEFT_OUT}
+
+
+ONE_FIELD_WRONG = [
+    *(event_op(type=value) for value in ["object", 1, LEFT_OUT]),
+    *(event_op(action=value) for value in ["Event", "add_device", None, LEFT_OUT]),
+    *(event_op(identifiers=value) for value in [{"id": ""}, {"id": 1.5}, {"id": "x" * 151}, {}]),
+    *(event_op(name=value) for value in BAD_EVENT_NAMES),
+    *(event_op(id=value) for value in BAD_EVENT_IDS),
+    *(event_op(timestamp=value) for value in [True, 1.5, 1e9, "1700000000", None]),
+    *(event_op(attributes=value) for value in [None, [], "x", [{"a": 1}]]),
+    event_op(padding="x" * 32_000),
+    *(relationship_op(cio_relationships=value) for value in [[], None, {}, "c1", LEFT_OUT]),
+    *(relationship_op(cio_relationships=[value]) for value in [None, "c1", [], {}]),
+    *(relationship_op(target={"object_type_id": value}) for value in ["", 1, None, LEFT_OUT]),
+    *(relationship_op(target={"object_id": value}) for value in ["", 2, [], LEFT_OUT]),
+    *(
+        relationship_op(item={"relationship_attributes": value})
+        for value in [
+            None,
+            [],
+            {"a": {}},
+            {"a": [1]},
+            {"n" * 151: 1},
+            {"a": "x" * 1001},
+            {f"a{i}": 1 for i in range(301)},
+        ]
+    ),
+    *(relationship_op(item={"identifiers": value}) for value in [None, "c1", []]),
+    relationship_op(padding="x" * 32_000),
+]
+
+
+@pytest.mark.parametrize("wrong", ONE_FIELD_WRONG)
+@pytest.mark.parametrize("position", [0, 1])
+def test_a_batch_with_one_field_wrong_is_answered_as_by_the_general_path(
+    server: ServerThread, wrong: dict[str, Any], position: int
+) -> None:
+    """Every rule, one at a time: a batch of valid operations and one operation wrong in one
+    field is refused that operation (207), as the general path refuses it."""
+    valid = event_op if wrong.get("action") != "add_relationships" else relationship_op
+    operations = [valid("p3"), valid("p4")]
+    operations.insert(position, wrong)
+    spy = Spy()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(server_module, "_fast_batch", spy)
+        fast = run(server, operations, frozenset())
+    assert spy.proven[0] is False
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(server_module, "_fast_batch", no_fast_path)
+        general = run(server, operations, frozenset())
+    assert fast == general
+    assert fast["answer"][0] == 207
+
+
+@pytest.mark.parametrize(
+    "operations",
+    [
+        [event_op(), event_op("p3", id=LEFT_OUT, timestamp=LEFT_OUT, attributes=LEFT_OUT)],
+        [event_op(id=E1), event_op("p2", id=E2), event_op("p3", id=E2)],  # dropped: held, sent
+        [relationship_op(), relationship_op("p2", item={"relationship_attributes": LEFT_OUT})],
+        [relationship_op(target={"object_id": "c1"}), relationship_op(target={"other": "x"})],
+    ],
+)
+def test_valid_event_and_relationship_batches_take_the_fast_path(
+    server: ServerThread, operations: list[dict[str, Any]]
+) -> None:
+    spy = Spy()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(server_module, "_fast_batch", spy)
+        fast = run(server, operations, frozenset())
+    assert spy.proven[0] is True
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(server_module, "_fast_batch", no_fast_path)
+        general = run(server, operations, frozenset())
+    assert fast == general
+    assert fast["answer"] == (200, {})
 
 
 # --- what the fast path takes, and what it leaves for later ---------------------------------

@@ -25,9 +25,10 @@ table (`_OPERATIONS`) or the v1 route table (`_CUSTOMER_ROUTES`), so a new opera
 parser and one table line. Accepted changes are applied to a small in-memory workspace (people,
 devices, events, objects, relationships, deletions, suppressions, merges), so a test can check
 what a run left behind and not only what it sent. A batch of person identifies, what bulksync
-sends most, takes a fast path (`_identify_batch`): proven valid as a whole, it is kept as the
-bytes received and applied to the workspace in its turn when something first reads it
-(`_settled`). The simulator's own routes, not recorded:
+sends most, takes a fast path (`_identify_batch`), and so does one of person events
+(`_event_batch`) or of person add_relationships (`_relationship_batch`): proven valid as a
+whole (`_fast_batch`), it is kept as the bytes received and applied to the workspace in its turn
+when something first reads it (`_settled`). The simulator's own routes, not recorded:
 
     GET /_fake/stats        requests, statuses, peak per second, accepted payloads and operations
     GET /_fake/accepted     identifier -> attributes accepted by person identify, in order
@@ -55,7 +56,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import chain, islice, repeat
 from operator import itemgetter, methodcaller
 from types import TracebackType
 from typing import Any
@@ -718,10 +719,12 @@ def _parse_operation(op: Any, whole: str) -> _Change:
     return parse(op)
 
 
-# The fast path of a batch of person identifies: the batches bulksync sends hold a thousand of
-# them, and the parsers above cost ~20 µs an operation, which made the simulator the bottleneck
-# of a batch run. These checks look at all the operations of a batch at once, a few passes in C
-# (map, set, chain) instead of calls per operation, and prove what _parse_operation would find.
+# The fast paths of a batch of person identifies, events or add_relationships (what bulksync
+# sends for --kind people, events and relationships with --batch): those batches hold a thousand
+# operations, and the parsers above cost ~20 µs an operation, which made the simulator the
+# bottleneck of a batch run. These checks look at all the operations of a batch at once, a few
+# passes in C (map, set, chain) instead of calls per operation, and prove what _parse_operation
+# would find. A batch mixing kinds, or anything not proven, takes the general path.
 
 _FIELDS = tuple(map(itemgetter, ("type", "action", "identifiers", "attributes")))
 _IDENTIFIER_KEY_SET = frozenset(IDENTIFIER_KEYS)
@@ -734,6 +737,68 @@ _SHORT_OPERATION_BYTES = MAX_VALUE_BYTES + 2
 _utf8 = methodcaller("encode", "utf-8", "surrogatepass")  # what _utf8_len measures
 
 
+class _Missing:
+    """dict.get's default: tells a key left out from a key set to null."""
+
+
+_MISSING = _Missing()
+# EVENT_ID, repeated: ids of 26 characters each, joined, match it when every one matches EVENT_ID.
+_EVENT_IDS = re.compile(f"(?:{EVENT_ID.pattern})*")
+_OPTIONAL_TIMESTAMP = frozenset({int, _Missing})  # bool is not int here: type() is exact
+
+
+def _batch_people(identifiers: list[Any]) -> list[str] | None:
+    """The person each `identifiers` names, written like a v1 path identifier, if every one
+    holds one key of IDENTIFIER_KEYS, a non-empty string no longer than MAX_IDENTIFIER_BYTES
+    (what _person accepts), else None (an identifier given as a number is not proven)."""
+    # Each object has exactly one value, so `values` lines up with `identifiers`.
+    if set(map(type, identifiers)) != {dict} or set(map(len, identifiers)) != {1}:
+        return None
+    keys = set().union(*identifiers)
+    values = list(chain.from_iterable(map(dict.values, identifiers)))
+    if not keys <= _IDENTIFIER_KEY_SET or set(map(type, values)) != {str} or "" in values:
+        return None
+    people = values
+    if "cio_id" in keys:
+        people = [
+            f"cio_{value}" if key == "cio_id" else value
+            for key, value in zip(chain.from_iterable(identifiers), values, strict=True)
+        ]
+    # ASCII text has as many bytes as characters (and CPython knows whether a str is ASCII).
+    encoded = people if all(map(str.isascii, people)) else list(map(_utf8, people))
+    if max(map(len, encoded)) > MAX_IDENTIFIER_BYTES:
+        return None
+    return people
+
+
+def _batch_attribute_names(attributes: list[Any]) -> set[str] | None:
+    """The attribute names used, if every one of `attributes` is an object _attributes_error
+    accepts, except for the value limit (MAX_VALUE_BYTES) that _batch_sizes_valid checks;
+    else None. Each name is measured once."""
+    if set(map(type, attributes)) != {dict} or max(map(len, attributes)) > MAX_ATTRIBUTES:
+        return None
+    names: set[str] = set().union(*attributes)
+    if any(_utf8_len(name) > MAX_ATTRIBUTE_NAME_BYTES for name in names):
+        return None
+    if not _SCALAR_TYPES.issuperset(map(type, chain.from_iterable(map(dict.values, attributes)))):
+        return None
+    return names
+
+
+def _batch_sizes_valid(operations: list[Any], attributes: list[list[dict[str, Any]]]) -> bool:
+    """The operation limit, and the value limit of each operation's `attributes` (objects whose
+    other rules were proven) where the operation is long enough to hold a value over it."""
+    sizes = list(map(len, map(orjson.dumps, operations)))
+    longest = max(sizes)
+    if longest > MAX_OPERATION_BYTES:
+        return False
+    if longest > _SHORT_OPERATION_BYTES:
+        for size, held in zip(sizes, attributes, strict=True):
+            if size > _SHORT_OPERATION_BYTES and any(map(_attributes_error, held)):
+                return False
+    return True
+
+
 @dataclass(frozen=True)
 class _Identifies:
     """A batch of person identifies, every one valid."""
@@ -741,6 +806,11 @@ class _Identifies:
     people: list[str]  # the person each operation names, written like a v1 path identifier
     attributes: list[dict[str, Any]]  # each operation's attributes, as sent
     instructions: bool  # some attributes hold `_update` or `_timestamp`
+    action = "person identify"
+
+    def apply(self, ws: _Workspace, accepted: list[tuple[str, dict[str, Any]]]) -> None:
+        ws.identify_all(self.people, self.attributes, instructions=self.instructions)
+        accepted.extend(zip(self.people, self.attributes, strict=True))
 
 
 def _identify_batch(operations: list[Any]) -> _Identifies | None:
@@ -759,48 +829,168 @@ def _identify_batch(operations: list[Any]) -> _Identifies | None:
         return None
     if kinds.count("person") != count or actions.count("identify") != count:
         return None
-
-    # identifiers: one key of IDENTIFIER_KEYS each, a non-empty string. Each object has exactly
-    # one value, so `values` lines up with `operations`.
-    if set(map(type, identifiers)) != {dict} or set(map(len, identifiers)) != {1}:
+    people = _batch_people(identifiers)
+    if people is None:
         return None
-    keys = set().union(*identifiers)
-    values = list(chain.from_iterable(map(dict.values, identifiers)))
-    if not keys <= _IDENTIFIER_KEY_SET or set(map(type, values)) != {str} or "" in values:
+    # attributes: _identify_error's rules.
+    names = _batch_attribute_names(attributes)
+    if names is None or "" in map(dict.get, attributes, repeat("id")):
         return None
-    people = values
-    if "cio_id" in keys:
-        people = [
-            f"cio_{value}" if key == "cio_id" else value
-            for key, value in zip(chain.from_iterable(identifiers), values, strict=True)
-        ]
-    # ASCII text has as many bytes as characters (and CPython knows whether a str is ASCII).
-    encoded = people if all(map(str.isascii, people)) else list(map(_utf8, people))
-    if max(map(len, encoded)) > MAX_IDENTIFIER_BYTES:
+    if not _batch_sizes_valid(operations, [[attrs] for attrs in attributes]):
         return None
-
-    # attributes: _identify_error's rules, each name measured once.
-    if set(map(type, attributes)) != {dict} or max(map(len, attributes)) > MAX_ATTRIBUTES:
-        return None
-    if "" in map(dict.get, attributes, repeat("id")):
-        return None
-    names: set[str] = set().union(*attributes)
-    if any(_utf8_len(name) > MAX_ATTRIBUTE_NAME_BYTES for name in names):
-        return None
-    if not _SCALAR_TYPES.issuperset(map(type, chain.from_iterable(map(dict.values, attributes)))):
-        return None
-
-    # Sizes: the operation limit, and the value limit where an operation is long enough to
-    # hold a value over it (there the attributes are checked one by one).
-    sizes = list(map(len, map(orjson.dumps, operations)))
-    longest = max(sizes)
-    if longest > MAX_OPERATION_BYTES:
-        return None
-    if longest > _SHORT_OPERATION_BYTES:
-        for size, attrs in zip(sizes, attributes, strict=True):
-            if size > _SHORT_OPERATION_BYTES and _attributes_error(attrs) is not None:
-                return None
     return _Identifies(people, attributes, instructions=not names.isdisjoint(INSTRUCTION_KEYS))
+
+
+@dataclass(frozen=True)
+class _Events:
+    """A batch of person events, every one valid."""
+
+    people: list[str]
+    # Each operation's fields, _MISSING where left out: the events are only made when applied.
+    names: list[str]
+    ids: list[Any]
+    timestamps: list[Any]
+    data: list[Any]
+    action = "person event"
+
+    def apply(self, ws: _Workspace, accepted: list[tuple[str, dict[str, Any]]]) -> None:
+        for person, name, event_id, timestamp, data in zip(
+            self.people, self.names, self.ids, self.timestamps, self.data, strict=True
+        ):
+            # As _event stores it.
+            event = {
+                "name": name,
+                "id": None if event_id is _MISSING else event_id,
+                "timestamp": None if timestamp is _MISSING else timestamp,
+                "data": {} if data is _MISSING else data,
+            }
+            ws.event(person, event)
+
+
+def _event_batch(operations: list[Any]) -> _Events | None:
+    """The people and events of a batch whose every operation is a person event that
+    _parse_operation accepts (_person, then _event's rules), else None (not proven): as
+    _identify_batch, for the batches of `--kind events`. Its `attributes` (the event's data)
+    may be left out, as _event allows."""
+    if not operations:
+        return None
+    count = len(operations)
+    try:
+        kinds, actions, identifiers = (list(map(get, operations)) for get in _FIELDS[:3])
+        names = list(map(itemgetter("name"), operations))
+        ids = list(map(dict.get, operations, repeat("id"), repeat(_MISSING)))
+        timestamps = list(map(dict.get, operations, repeat("timestamp"), repeat(_MISSING)))
+        data = list(map(dict.get, operations, repeat("attributes"), repeat(_MISSING)))
+    except (TypeError, KeyError):
+        return None
+    if kinds.count("person") != count or actions.count("event") != count:
+        return None
+    people = _batch_people(identifiers)
+    if people is None:
+        return None
+    # name: a non-empty string of at most MAX_EVENT_NAME_BYTES.
+    if set(map(type, names)) != {str} or "" in names:
+        return None
+    if any(_utf8_len(name) > MAX_EVENT_NAME_BYTES for name in set(names)):
+        return None
+    # timestamp: an integer, if given. id: a ULID, if given (not null).
+    if not _OPTIONAL_TIMESTAMP.issuperset(map(type, timestamps)):
+        return None
+    given = [event_id for event_id in ids if event_id is not _MISSING]
+    if given:
+        if set(map(type, given)) != {str} or set(map(len, given)) != {26}:
+            return None
+        if _EVENT_IDS.fullmatch("".join(given)) is None:
+            return None
+    # data: an object, or left out ({}). Its JSON is part of the operation's, so the operation
+    # limit keeps it far below MAX_EVENT_DATA_BYTES.
+    if not {dict, _Missing}.issuperset(map(type, data)):
+        return None
+    if max(map(len, map(orjson.dumps, operations))) > MAX_OPERATION_BYTES:
+        return None
+    return _Events(people, names, ids, timestamps, data)
+
+
+@dataclass(frozen=True)
+class _Relationships:
+    """A batch of person add_relationships, every one valid."""
+
+    people: list[str]
+    # Each operation's relationships: ((object_type_id, object_id), attributes), in order.
+    related: list[list[tuple[tuple[str, str], dict[str, Any]]]]
+    action = "person add_relationships"
+
+    def apply(self, ws: _Workspace, accepted: list[tuple[str, dict[str, Any]]]) -> None:
+        for person, related in zip(self.people, self.related, strict=True):
+            for target, attributes in related:
+                ws.relate(person, target, attributes)
+
+
+def _relationship_batch(operations: list[Any]) -> _Relationships | None:
+    """The people and relationships of a batch whose every operation is a person
+    add_relationships that _parse_operation accepts, else None (not proven): as
+    _identify_batch, for the batches of `--kind relationships`."""
+    if not operations:
+        return None
+    count = len(operations)
+    try:
+        kinds, actions, identifiers = (list(map(get, operations)) for get in _FIELDS[:3])
+        lists = list(map(itemgetter("cio_relationships"), operations))
+    except (TypeError, KeyError):
+        return None
+    if kinds.count("person") != count or actions.count("add_relationships") != count:
+        return None
+    people = _batch_people(identifiers)
+    if people is None:
+        return None
+    # cio_relationships: a non-empty array of objects, each naming an object by
+    # object_type_id and object_id (non-empty strings), its attributes valid if given.
+    if set(map(type, lists)) != {list} or 0 in map(len, lists):
+        return None
+    items = list(chain.from_iterable(lists))
+    if set(map(type, items)) != {dict}:
+        return None
+    try:
+        targets = list(map(itemgetter("identifiers"), items))
+    except KeyError:
+        return None
+    if set(map(type, targets)) != {dict}:
+        return None
+    type_ids: list[Any] = list(map(dict.get, targets, repeat("object_type_id")))
+    object_ids: list[Any] = list(map(dict.get, targets, repeat("object_id")))
+    if set(map(type, type_ids)) != {str} or set(map(type, object_ids)) != {str}:
+        return None
+    if "" in type_ids or "" in object_ids:
+        return None
+    given = list(map(dict.get, items, repeat("relationship_attributes"), repeat(_MISSING)))
+    attributes = [{} if attrs is _MISSING else attrs for attrs in given]
+    if _batch_attribute_names(attributes) is None:
+        return None
+    pairs = iter(list(zip(zip(type_ids, object_ids, strict=True), attributes, strict=True)))
+    related = [list(islice(pairs, len(held))) for held in lists]
+    held_attributes = [[attrs for _, attrs in held] for held in related]
+    if not _batch_sizes_valid(operations, held_attributes):
+        return None
+    return _Relationships(people, related)
+
+
+_Proven = _Identifies | _Events | _Relationships
+# The fast paths, by the first operation's action (a batch proven takes one kind only).
+_FAST_PATHS: dict[str, Callable[[list[Any]], _Proven | None]] = {
+    "identify": lambda operations: _identify_batch(operations),
+    "event": lambda operations: _event_batch(operations),
+    "add_relationships": lambda operations: _relationship_batch(operations),
+}
+
+
+def _fast_batch(operations: list[Any]) -> _Proven | None:
+    """What a batch does, proven valid as a whole by the fast path of its kind (the kind of
+    its first operation), else None: the batch takes the general path."""
+    if not operations or type(operations[0]) is not dict:
+        return None
+    action = operations[0].get("action")
+    prove = _FAST_PATHS.get(action) if type(action) is str else None
+    return None if prove is None else prove(operations)
 
 
 # v1 requests on /api/v1/customers/{id}[/SUB], by (method, SUB or None): each parser validates
@@ -876,7 +1066,7 @@ class FakeTrackAPI:
         self._first: float | None = None  # arrival time of the first request: limit_schedule's 0
         self._workspace = _Workspace()  # read and changed through _settled() only
         self._operations: Counter[str] = Counter()  # accepted operations per "type action"
-        # Raw bodies of the batches of person identifies accepted whole (see _batch), in order,
+        # Raw bodies of the batches accepted whole by a fast path (see _batch), in order,
         # not yet applied to the workspace nor listed in batch_accepted.
         self._unapplied: list[bytes] = []
 
@@ -1191,13 +1381,9 @@ class FakeTrackAPI:
         with self._lock:
             for raw in self._unapplied:
                 # Parsed again: the same bytes, so the same operations, proven valid before.
-                identifies = _identify_batch(orjson.loads(raw)["batch"])
-                assert identifies is not None, "a batch accepted whole is person identifies"
-                people, attributes = identifies.people, identifies.attributes
-                self._workspace.identify_all(
-                    people, attributes, instructions=identifies.instructions
-                )
-                self._batch_accepted.extend(zip(people, attributes, strict=True))
+                proven = _fast_batch(orjson.loads(raw)["batch"])
+                assert proven is not None, "a batch accepted whole was proven valid"
+                proven.apply(self._workspace, self._batch_accepted)
             self._unapplied.clear()
         return self._workspace
 
@@ -1275,13 +1461,13 @@ class FakeTrackAPI:
         poison = self.config.poison_ids
         if poison and any(not poison.isdisjoint(_named(op)) for op in operations):
             return _batch_error(400, "batch", "poisoned operation (test)")
-        identifies = _identify_batch(operations)
-        if identifies is not None and self.config.reject_ids.isdisjoint(identifies.people):
+        proven = _fast_batch(operations)
+        if proven is not None and self.config.reject_ids.isdisjoint(proven.people):
             # Every operation is accepted. What they change is applied when someone looks
             # (_settled): until then the batch costs its bytes, which the record holds anyway.
             with self._lock:
                 self._unapplied.append(record.raw)
-            self._operations["person identify"] += len(identifies.people)
+            self._operations[proven.action] += len(proven.people)
             return _json(200, {})
         errors = []
         for index, op in enumerate(operations):
