@@ -428,20 +428,29 @@ def run(server: ServerThread, operations: list[Any], reject: frozenset[str]) -> 
     return {"answer": answer, **inspect(server, people)}
 
 
+def both_ways(
+    server: ServerThread, operations: list[Any], reject: frozenset[str] = frozenset()
+) -> tuple[bool, dict[str, Any], dict[str, Any]]:
+    """run() through the fast path, then through the general path: (whether the fast path
+    proved the batch, what each left)."""
+    spy = Spy()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(server_module, "_fast_batch", spy)
+        fast = run(server, operations, reject)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(server_module, "_fast_batch", no_fast_path)
+        general = run(server, operations, reject)
+    return bool(spy.proven and spy.proven[0]), fast, general  # [0]: the batch, as received
+
+
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(operations=BATCHES, reject=st.sampled_from([frozenset(), frozenset({"p3"})]))
 def test_any_batch_is_answered_and_applied_as_by_the_general_path(
     server: ServerThread, operations: list[Any], reject: frozenset[str]
 ) -> None:
-    spy = Spy()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(server_module, "_fast_batch", spy)
-        fast = run(server, operations, reject)
+    proven, fast, general = both_ways(server, operations, reject)
     first = operations[0].get("action") if operations and isinstance(operations[0], dict) else None
-    event(f"fast path proved the batch: {any(spy.proven)} (first action: {first!r})")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(server_module, "_fast_batch", no_fast_path)
-        general = run(server, operations, reject)
+    event(f"fast path proved the batch: {proven} (first action: {first!r})")
     assert fast == general
     # stats() counts what accepted() lists without building it.
     assert fast["stats_accepted"] == sum(map(len, fast["accepted"].values()))
@@ -521,14 +530,8 @@ def test_a_batch_with_one_field_wrong_is_answered_as_by_the_general_path(
     valid = event_op if wrong.get("action") != "add_relationships" else relationship_op
     operations = [valid("p3"), valid("p4")]
     operations.insert(position, wrong)
-    spy = Spy()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(server_module, "_fast_batch", spy)
-        fast = run(server, operations, frozenset())
-    assert spy.proven[0] is False
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(server_module, "_fast_batch", no_fast_path)
-        general = run(server, operations, frozenset())
+    proven, fast, general = both_ways(server, operations)
+    assert not proven
     assert fast == general
     assert fast["answer"][0] == 207
 
@@ -545,14 +548,8 @@ def test_a_batch_with_one_field_wrong_is_answered_as_by_the_general_path(
 def test_valid_event_and_relationship_batches_take_the_fast_path(
     server: ServerThread, operations: list[dict[str, Any]]
 ) -> None:
-    spy = Spy()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(server_module, "_fast_batch", spy)
-        fast = run(server, operations, frozenset())
-    assert spy.proven[0] is True
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(server_module, "_fast_batch", no_fast_path)
-        general = run(server, operations, frozenset())
+    proven, fast, general = both_ways(server, operations)
+    assert proven
     assert fast == general
     assert fast["answer"] == (200, {})
 
