@@ -4,7 +4,9 @@ For each identifier it keeps a hash of the last payload the API **accepted** —
 merely sent — so a row whose normalized payload hashes the same on the next run is `unchanged`
 and not sent again. The hash is of the payload itself (keys sorted), so it does not depend on
 the input's column order, and every option that changes what is sent (--rename, --exclude,
---type, --empty, --update-only) changes it too, which resends.
+--type, --empty, --update-only) changes it too, which resends. For a person, it also keeps the
+rowhash of the input row that payload came from (rowhash.py), valid only as long as the hash it
+was written with: a row whose cells hash the same is found unchanged before it is normalized.
 
 Before a chunk's rows are sent, their identifiers are marked "in flight" (their hash cleared);
 after each request is answered, the rows it got accepted are recorded with their new hash, in
