@@ -18,6 +18,7 @@ import io
 import itertools
 import operator
 from collections.abc import Callable, Collection, Iterable, Iterator
+from typing import Any
 
 import orjson
 
@@ -248,22 +249,23 @@ def _serialized(records: list[Record]) -> tuple[bytes, list[int], list[int]]:
 
 
 def _operations(records: list[Record]) -> Iterator[bytes]:
-    """Each record's v2 operation, serialized (`operations.operation`), the kind looked up once
-    per kind rather than once per row."""
-    kinds = _kinds(records)
-    if len(kinds) == 1:
-        (kind,) = kinds.values()
-        return map(orjson.dumps, map(kind.operation, records))
-    return (orjson.dumps(kinds[record.op].operation(record)) for record in records)
+    """Each record's v2 operation, serialized (`operations.operation`)."""
+    return map(orjson.dumps, _each(records, "operation"))
 
 
 def _order_keys(records: list[Record]) -> list[tuple[str, ...]]:
-    """Who each record touches (`operations.order_keys`), the kind looked up once per kind."""
+    """Who each record touches (`operations.order_keys`)."""
+    return list(_each(records, "touches"))
+
+
+def _each(records: list[Record], method: str) -> Iterator[Any]:
+    """Each record's kind's `method` applied to it, the kind looked up once per kind rather
+    than once per row."""
     kinds = _kinds(records)
     if len(kinds) == 1:
         (kind,) = kinds.values()
-        return list(map(kind.touches, records))
-    return [kinds[record.op].touches(record) for record in records]
+        return map(getattr(kind, method), records)
+    return (getattr(kinds[record.op], method)(record) for record in records)
 
 
 def _kinds(records: list[Record]) -> dict[str, Kind]:

@@ -38,10 +38,11 @@ Hashes = npt.NDArray[np.int64]  # shape (rows, 2): a row's hash in two halves
 _NOTHING = pa.scalar(b"", pa.large_binary())  # what the cells are joined with
 
 
+@functools.cache
 def _code() -> bytes:
     """What normalizing also depends on: its code, and the versions of the libraries that parse
     and check cells. Another version may normalize a row otherwise: its first run takes the
-    slow path, once."""
+    slow path, once. Found when first needed, so that a run without the state never looks."""
     sources = b"".join(Path(m.__file__ or "").read_bytes() for m in (normalize, operations))
     libraries = [version(name) for name in ("pandas", "pyarrow", "email-validator")]
     return hashlib.blake2b(sources + orjson.dumps(libraries)).digest()
@@ -72,7 +73,8 @@ def hash_key(plan: ColumnPlan, columns: list[str]) -> bytes:
         "roles": _canonical(plan.roles),
         "columns": columns,
     }
-    return hashlib.blake2b(_CODE + orjson.dumps(options), digest_size=32).digest()  # blake2s's size
+    # 32 bytes: the longest key blake2s takes (row_hashes).
+    return hashlib.blake2b(_code() + orjson.dumps(options), digest_size=32).digest()
 
 
 def row_hashes(frame: pd.DataFrame, key: bytes) -> Hashes | None:
@@ -106,6 +108,3 @@ def row_hashes(frame: pd.DataFrame, key: bytes) -> Hashes | None:
     hasher = functools.partial(hashlib.blake2s, key=key, digest_size=16)
     digests = b"".join(map(hashlib.blake2s.digest, map(hasher, rows.to_pylist())))
     return np.frombuffer(digests, dtype="<i8").astype(np.int64).reshape(-1, 2)
-
-
-_CODE = _code()

@@ -302,19 +302,27 @@ def test_pack_request_stays_strictly_under_500000_bytes() -> None:
         assert len(item.body()) < MAX_REQUEST_BYTES, len(item.body())
 
 
+def random_records(rng: random.Random, most: int, large: float, ids: list[str]) -> list[Record]:
+    """Up to `most` - 1 records, one person each (named with one of `ids` and the row): 5% with
+    an operation over 32,000 bytes, up to `large` of them with up to 34 long attributes, the
+    others small."""
+    records = []
+    for i in range(1, rng.randint(1, most)):
+        kind = rng.random()
+        if kind < 0.05:
+            attrs: dict[str, Any] = {f"a{k}": "z" * 900 for k in range(rng.randint(36, 60))}
+        elif kind < large:
+            attrs = {f"a{k}": "y" * rng.randint(100, 999) for k in range(rng.randint(1, 34))}
+        else:
+            attrs = {"plan": "pro", "n": i}
+        records.append(Record(i, rng.choice(ids) + str(i), attrs))
+    return records
+
+
 def test_pack_loses_nothing_on_random_mixes() -> None:
     rng = random.Random(1234)
     for _ in range(30):
-        records = []
-        for i in range(1, rng.randint(1, 300)):
-            kind = rng.random()
-            if kind < 0.05:
-                attrs = {f"a{k}": "z" * 900 for k in range(rng.randint(36, 60))}  # > 32,000
-            elif kind < 0.5:
-                attrs = {f"a{k}": "y" * rng.randint(100, 900) for k in range(rng.randint(1, 34))}
-            else:
-                attrs = {"plan": "pro", "n": i}
-            records.append(Record(i, f"id-{i}", attrs))
+        records = random_records(rng, 300, large=0.5, ids=["id-"])
         batch_size = rng.choice([1, 2, 7, 50, 1000])
         items = list(pack(records, batch_size))
         assert flatten(items) == [r.row for r in records]  # each exactly once, in order
@@ -336,16 +344,7 @@ def test_pack_of_distinct_people_matches_the_general_packing() -> None:
 
     rng = random.Random(99)
     for _ in range(40):
-        records = []
-        for i in range(1, rng.randint(1, 400)):
-            kind = rng.random()
-            if kind < 0.05:
-                attrs = {f"a{k}": "z" * 900 for k in range(rng.randint(36, 60))}  # > 32,000
-            elif kind < 0.4:
-                attrs = {f"a{k}": "y" * rng.randint(100, 999) for k in range(rng.randint(1, 34))}
-            else:
-                attrs = {"n": i}
-            records.append(Record(i, rng.choice(["id-", "cio_", "e@"]) + str(i), attrs))
+        records = random_records(rng, 400, large=0.4, ids=["id-", "cio_", "e@"])
         batch_size = rng.choice([1, 3, 50, 1000])
         keys = [order_keys(record) for record in records]
         runs = list(_pack_runs(records, batch_size))
