@@ -134,6 +134,9 @@ class KnownRows:
         self._replaced = np.array(sorted(last), dtype=np.int64)
         self._keys: dict[tuple[str, ...], bytes] = {}  # a chunk's columns -> its hash key
         self._raws: dict[int, tuple[int, int]] = {}  # the chunk's normalized rows' rowhashes
+        # Rows found unchanged by their rowhash so far, each of a known person, one row each
+        # (a row that a later one replaces takes the slow path): of distinct known people.
+        self.found = 0
 
     def normalize(self, chunk: Chunk) -> Items:
         """`normalize(chunk)`, with the rows the state knows as they were accepted taken as
@@ -148,6 +151,7 @@ class KnownRows:
         ids = identifiers(frame.iloc[fast], self.plan) if len(fast) else []
         if None in ids:  # never for a row once accepted; if it were, normalize() tells why
             fast, ids = fast[:0], []
+        self.found += len(fast)
         slow = np.ones(len(rows), dtype=bool)
         slow[fast] = False
         slow_rows = numbers[slow].tolist()

@@ -191,9 +191,15 @@ def detect_format(path: str, head: bytes, *, stream: bool = False) -> Format:
     return fmt
 
 
-def read_chunks(path: str, options: SourceOptions | None = None) -> Generator[Chunk, None, None]:
+def read_chunks(
+    path: str, options: SourceOptions | None = None, *, column: str | None = None
+) -> Generator[Chunk, None, None]:
     """Yield the input's rows in chunks of at most `options.chunk_size` rows, `chunk_cells`
-    cells and about `chunk_chars` characters of input (see the module docstring)."""
+    cells and about `chunk_chars` characters of input (see the module docstring).
+
+    `column`: a CSV's chunks hold that column alone (when the header has it), for a caller
+    that reads the file once more for one column: the same rows, as valid or invalid and
+    numbered as when every column is read, without making the others' values."""
     options = options or SourceOptions()
     try:
         codec: codecs.CodecInfo | None = codecs.lookup(options.encoding)
@@ -221,7 +227,7 @@ def read_chunks(path: str, options: SourceOptions | None = None) -> Generator[Ch
             pending = raw.read1(len(raw.peek(1)))  # what peeking already buffered
             lines = QuietLines(raw.fileno(), encoding, pending, csv_quotes=fmt == "csv")
         if fmt == "csv":
-            yield from _CsvReader(path, binary, options, encoding, lines).chunks()
+            yield from _CsvReader(path, binary, options, encoding, lines, column).chunks()
         else:
             yield from _read_jsonl(path, binary, options, encoding, lines)
     except LineTooLong as exc:  # the readers say which line; this is the last resort
@@ -483,8 +489,12 @@ class _Broken:
 class _Pending:
     """The rows read for the next chunk, and when it is full."""
 
-    def __init__(self, header: list[str], max_rows: int, max_chars: int) -> None:
+    def __init__(
+        self, header: list[str], max_rows: int, max_chars: int, column: str | None = None
+    ) -> None:
         self.header, self.max_rows, self.max_chars = header, max_rows, max_chars
+        # The one column the chunks hold (read_chunks), else None: all of them.
+        self.column = column if column in header else None
         self._reset()
 
     def _reset(self) -> None:
@@ -509,13 +519,20 @@ class _Pending:
 
     def _cells_to_table(self) -> None:
         if self.cells:
-            columns = [pa.array(column, pa.string()) for column in zip(*self.cells, strict=True)]
-            self.tables.append(pa.table(columns, names=self.header))
+            if self.column is not None:
+                at = self.header.index(self.column)
+                cells = pa.array([fields[at] for fields in self.cells], pa.string())
+                self.tables.append(pa.table([cells], names=[self.column]))
+            else:
+                columns = [pa.array(c, pa.string()) for c in zip(*self.cells, strict=True)]
+                self.tables.append(pa.table(columns, names=self.header))
             self.cells = []
 
     def chunk(self) -> Chunk:
         """The rows so far as a Chunk; the next chunk starts empty."""
-        if self.tables:
+        if self.column is not None and not (self.tables or self.cells):
+            frame = pa.table({self.column: pa.array([], pa.string())}).to_pandas()
+        elif self.tables or self.column is not None:
             self._cells_to_table()
             # The same frame as from the cells: pandas' "str" columns hold arrow strings.
             frame = pa.concat_tables(self.tables).combine_chunks().to_pandas()
@@ -536,8 +553,10 @@ class _CsvReader:
         options: SourceOptions,
         encoding: str,
         quiet: QuietLines | None,
+        column: str | None = None,
     ) -> None:
         self.name = input_name(path)
+        self.column = column
         self.path = path
         self.binary = binary
         self.options = options
@@ -584,6 +603,7 @@ class _CsvReader:
             header,
             min(options.chunk_size, max(1, options.chunk_cells // width)),
             options.chunk_chars,
+            self.column,
         )
         done = False
         # A file (not a pipe) is read in blocks of lines by _block while nothing is unusual;
@@ -699,7 +719,7 @@ class _CsvReader:
         limit = self.options.limit
         delimiter = self.delimiter
         records: Iterator[list[str]] | None = None  # the batch's records, one per line
-        table = _arrow_rows(batch, pending.header, delimiter)
+        table = _arrow_rows(batch, pending.header, delimiter, pending.column)
         if table is not None:
             return (yield from self._whole_rows(batch, table, pending, row_no, line_no))
         if self._whole:  # the last batch had one record per line: this one likely has too
@@ -1016,11 +1036,14 @@ class _CsvReader:
         return _Broken(reason, start + len(held) - 1)
 
 
-def _arrow_rows(batch: list[str], header: list[str], delimiter: str) -> pa.Table | None:
+def _arrow_rows(
+    batch: list[str], header: list[str], delimiter: str, column: str | None = None
+) -> pa.Table | None:
     """The rows of `batch` parsed by pyarrow (several times faster than the csv module), when
     that is sure to give what the csv module gives: every line a row as wide as the header,
     no quote anywhere (so no multi-line cell, no quoting to judge strictly), no blank line, no
-    field past csv's size limit. None otherwise: the csv module reads the batch."""
+    field past csv's size limit. None otherwise: the csv module reads the batch. `column`:
+    only that column's values are made (every row's width is checked all the same)."""
     text = "".join(batch)
     field_limit = csv.field_size_limit()
     if (
@@ -1041,6 +1064,7 @@ def _arrow_rows(batch: list[str], header: list[str], delimiter: str) -> pa.Table
             ),
             convert_options=pa_csv.ConvertOptions(
                 column_types=dict.fromkeys(header, pa.string()),
+                include_columns=[] if column is None else [column],
                 strings_can_be_null=False,
                 null_values=[],
             ),

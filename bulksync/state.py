@@ -69,6 +69,7 @@ _ADDED_COLUMNS = {
     },
     "runs": {"seen": "INTEGER", "absent": "INTEGER", "removed": "INTEGER NOT NULL DEFAULT 0"},
 }
+ABSENT_PAGE = 50_000  # known identifiers read at a time to find the absent
 # Rows of one kind (bound twice); a row of an older state file (no kind) was a person's.
 _OF_KIND = "(kind = ? OR (kind IS NULL AND ? = 'people'))"
 
@@ -278,18 +279,38 @@ class StateStore:
         with which were not seen: read in batches, as everyone could be absent (from an input
         that is not the right one)."""
         seen = self._seen_once()
-        with self._lock:
-            cursor = self._db.execute(
-                f"SELECT identifier FROM state WHERE {_OF_KIND} ORDER BY identifier", (kind, kind)
-            )
-            while names := [row[0] for row in cursor.fetchmany(50_000)]:
-                hashes = np.fromiter(map(hash, names), dtype=np.int64, count=len(names))
-                if not len(seen):
-                    yield names, np.ones(len(names), dtype=bool)
-                    continue
-                # By binary search (seen is sorted): np.isin hashes both arrays first.
-                at = np.minimum(np.searchsorted(seen, hashes), len(seen) - 1)
-                yield names, seen[at] != hashes
+        after = ""  # below every identifier (none is empty)
+        while True:
+            start = after
+            with self._lock:
+                # A batch as one text (NUL between them) split in Python: two thirds of the
+                # time of a row object per identifier.
+                text, count, after = self._db.execute(
+                    "SELECT group_concat(identifier, char(0)), count(*), max(identifier)"
+                    f" FROM (SELECT identifier FROM state WHERE identifier > ? AND {_OF_KIND}"
+                    "  ORDER BY identifier LIMIT ?)",
+                    (start, kind, kind, ABSENT_PAGE),
+                ).fetchone()
+                if not count:
+                    return
+                names = text.split("\0")
+                if len(names) != count:  # an identifier holding a NUL: a row at a time
+                    rows = self._db.execute(
+                        "SELECT identifier FROM state WHERE identifier > ? AND identifier <= ?"
+                        f" AND {_OF_KIND} ORDER BY identifier",
+                        (start, after, kind, kind),
+                    )
+                    names = [row[0] for row in rows]
+            hashes = np.fromiter(map(hash, names), dtype=np.int64, count=len(names))
+            if not len(seen):
+                yield names, np.ones(len(names), dtype=bool)
+                continue
+            # By binary search (seen is sorted), in sorted order: np.isin hashes both arrays.
+            order = np.argsort(hashes)
+            at = np.minimum(np.searchsorted(seen, hashes[order]), len(seen) - 1)
+            gone = np.empty(len(names), dtype=bool)
+            gone[order] = seen[at] != hashes[order]
+            yield names, gone
 
     def _seen_once(self) -> npt.NDArray[np.int64]:
         """The hashes see() was given, sorted, each once (and kept so)."""

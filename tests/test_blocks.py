@@ -21,13 +21,15 @@ from bulksync.source import SourceOptions, read_chunks
 HEADER = "id,email,name\n"
 
 
-def _read(path: str, options: SourceOptions) -> tuple[list[Any], list[Any], str | None]:
+def _read(
+    path: str, options: SourceOptions, column: str | None = None
+) -> tuple[list[Any], list[Any], str | None]:
     """Every row as (row, line, cells), every unreadable row as (row, reason), and the error
-    that stopped the reader, if any."""
+    that stopped the reader, if any; `column`: read with read_chunks(column=...)."""
     rows: list[Any] = []
     bad: list[Any] = []
     try:
-        for chunk in read_chunks(path, options):
+        for chunk in read_chunks(path, options, column=column):
             if options.format == "csv":
                 assert all(str(dtype) == "str" for dtype in chunk.frame.dtypes)
             records = chunk.frame.to_dict("records")
@@ -60,6 +62,10 @@ def _compare(tmp_path: Path, data: bytes, **kwargs: Any) -> tuple[list[Any], lis
     options = SourceOptions(format="csv", **kwargs)
     from_file = _read(str(path), options)
     assert from_file == _from_pipe(data, options)
+    # One column read alone: the same rows, numbers, lines and reasons, and that column.
+    rows, bad, error = from_file
+    alone = [(n, line, {"email": cells["email"]}) for n, line, cells in rows]
+    assert _read(str(path), options, column="email") == (alone, bad, error)
     return from_file[0], from_file[1]
 
 

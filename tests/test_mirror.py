@@ -29,10 +29,12 @@ import orjson
 import pytest
 from click.testing import CliRunner, Result
 
+import bulksync.state
 from bulksync.cli import main
 from bulksync.fake import Recorded
 from bulksync.fake.process import ServerThread
 from bulksync.fake.server import peak_in_window
+from bulksync.state import StateStore
 
 from .conftest import read_results
 from .test_resume import Proc, start_cli, wait_until
@@ -982,3 +984,23 @@ def test_an_unfinished_results_file_of_another_input_is_refused(
     assert mark(fake) == before
     assert results.read_bytes() == unfinished
     assert list(tmp_path.glob("people.csv.results.*.jsonl")) == []
+
+
+@pytest.mark.parametrize("page", [2, 3, 50_000])
+def test_the_absent_are_read_back_a_page_at_a_time_whatever_the_identifiers_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, page: int
+) -> None:
+    """The known identifiers are read back a page at a time as one text with NULs between
+    them: an identifier holding a NUL (or a comma, or other text) is found all the same,
+    on any page."""
+    monkeypatch.setattr(bulksync.state, "ABSENT_PAGE", page)
+    names = ["a", "b\x00c", "b", "d,e", "é", "f\x00", "g", "h i", "\x00z"]
+    with StateStore(tmp_path / "s.db", input_name="in.csv") as store:
+        for name in names:
+            store.record_accepted(name, {"n": name}, "people")
+        store.record_accepted("an-object", {}, "objects")  # another kind: never absent
+        store.flush()
+        store.see(["a", "d,e", "f\x00", "nobody"])
+        absent = sorted(set(names) - {"a", "d,e", "f\x00"})
+        assert store.absent("people") == absent
+        assert store.absent_count("people") == len(absent)

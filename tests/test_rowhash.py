@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 import bulksync.plan
+import bulksync.state
 from bulksync.normalize import NormalizeOptions, plan_columns
 from bulksync.rowhash import hash_key, row_hashes
 from bulksync.state import payload_hash
@@ -358,3 +359,41 @@ def test_known_edited_new_and_broken_rows_in_one_chunk_keep_their_order(
     assert Counter(line["status"] for line in fast) == Counter(
         {"unchanged": 38, "ok": 2, "invalid": 2}
     )
+
+
+def test_who_is_absent_on_a_night_found_by_rowhash(
+    api_env: ServerThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When every known person is found by a rowhash, nobody is absent and no identifier is
+    read back from the state; when one is missing (or is found only on a slow row: a repeated
+    person's earlier row, an edit), they are looked up, and only the missing one is absent."""
+    looked_up: list[int] = []
+    real = bulksync.state.StateStore.absent_count
+
+    def counting(self: bulksync.state.StateStore, kind: str) -> int:
+        looked_up.append(n := real(self, kind))
+        return n
+
+    monkeypatch.setattr(bulksync.state.StateStore, "absent_count", counting)
+    rows = people(20)
+    state = first_night(tmp_path, rows)
+
+    def night(name: str, tonight: list[dict[str, str]]) -> int | None:
+        source = write_csv(tmp_path / f"{name}.csv", tonight)
+        result = sync_state(source, state, tmp_path / f"{name}.jsonl", "--json")
+        assert result.exit_code == 0, result.output
+        absent: int | None = orjson.loads(result.stdout)["absent"]
+        return absent
+
+    assert (night("same", rows), looked_up) == (0, [])
+    assert (night("gone", rows[:4] + rows[5:]), looked_up) == (1, [1])  # cust-5
+    # cust-5 is still known (--missing keep): a row for each of the others, cust-3 twice (its
+    # earlier row replaced: the slow path) and cust-8 edited.
+    edited = {**rows[7], "plan": "edited"}
+    tonight = rows[:4] + rows[5:7] + [edited] + rows[8:] + [rows[2]]
+    assert (night("repeat", tonight), looked_up) == (1, [1, 1])
+    # All back, each found by its rowhash (cust-8's edit too, accepted last night).
+    assert (night("back", [*rows[:7], edited, *rows[8:]]), looked_up) == (0, [1, 1])
+    # All there, cust-8 on a slow row only (edited again): looked up, none absent.
+    again = {**rows[7], "plan": "again"}
+    assert (night("again", [*rows[:7], again, *rows[8:]]), looked_up) == (0, [1, 1, 0])
