@@ -26,7 +26,16 @@ from .errors import UsageError
 from .normalize import ColumnPlan, NormalizeOptions, normalize, plan_columns
 from .operations import DELETIONS, KINDS, PEOPLE, SUPPRESSIONS, Kind, Record
 from .outcomes import Outcomes, Progress, no_progress
-from .plan import Items, KnownRows, Repeats, changed, last_rows, pending, superseded
+from .plan import (
+    Items,
+    KnownRows,
+    Repeats,
+    UnchangedRows,
+    changed,
+    last_rows,
+    pending,
+    superseded,
+)
 from .results import (
     REMOVAL_ROW,
     InputIdentity,
@@ -255,7 +264,10 @@ class _Reading:
         self.complete = self.options.source.limit is None
 
     def see(self, items: Items) -> Items:
-        if self.store is not None:
+        if isinstance(items, UnchangedRows):
+            if self.store is not None:
+                self.store.see(items.identifiers)
+        elif self.store is not None:
             # Every row of a person counts, invalid ones too: a bad email is no reason to delete.
             self.store.see(item.identifier for item in items if item.identifier is not None)
         return items

@@ -13,7 +13,7 @@ from .console import ProgressBar, printable
 from .errors import OutputError
 from .normalize import Rejection
 from .operations import PEOPLE, Record, state_key
-from .plan import Unchanged
+from .plan import Unchanged, UnchangedRows
 from .results import (
     REMOVAL_ROW,
     ResultsLog,
@@ -21,6 +21,7 @@ from .results import (
     ok_lines,
     outcome_line,
     unchanged_lines,
+    unchanged_people_lines,
     valid_lines,
 )
 from .state import StateStore
@@ -83,6 +84,9 @@ class Outcomes:
         `invalid` write it, for a chunk at once: its lines in one write, made a run of one kind
         at a time (the common rows without the calls those make per row), and the progress
         bar told once per status."""
+        if isinstance(items, UnchangedRows):  # KnownRows' chunk: its lines made at once
+            block = unchanged_people_lines(items.rows, items.identifiers)
+            return self._write_many(block, items, ["unchanged"] * len(items))
         try:
             lines, statuses = self._many_lines(items)
         except TypeError:  # orjson cannot serialize a value: fail where one line at a time would
@@ -97,12 +101,17 @@ class Outcomes:
         self._write_many(lines, items, statuses)
 
     def _write_many(
-        self, lines: bytearray, items: Sequence[Item], statuses: Sequence[Status]
+        self, lines: bytes | bytearray, items: Sequence[Item], statuses: Sequence[Status]
     ) -> None:
         """The lines of `items` (with these statuses) in one write; the progress bar told once
         per status, any other callback once per row."""
-        rows = [item.row for item in items]
-        identifiers = [item.identifier for item in items]
+        rows: Sequence[int]
+        identifiers: Sequence[str | None]
+        if isinstance(items, UnchangedRows):
+            rows, identifiers = items.rows, items.identifiers
+        else:
+            rows = [item.row for item in items]
+            identifiers = [item.identifier for item in items]
         try:
             self.log.write_many(lines, rows, statuses, identifiers)
         except OSError as exc:  # a full disk: one message and exit 3, never a traceback

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import heapq
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
-from typing import NamedTuple
+from typing import NamedTuple, cast, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +40,32 @@ Item = Record | Rejection | Unchanged
 Items = Sequence[Item]
 
 
+class UnchangedRows(Sequence[Unchanged]):
+    """A chunk whose rows KnownRows all found unchanged (people's, none superseded), kept as
+    its rows and their identifiers: the stages after it pass it on whole and its results lines
+    are made at once (results.unchanged_people_lines), without a tuple per row. Read as a
+    sequence, it gives its Unchanged items."""
+
+    def __init__(self, rows: list[int], identifiers: list[str]) -> None:
+        self.rows = rows
+        self.identifiers = identifiers
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @overload
+    def __getitem__(self, i: int) -> Unchanged: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Unchanged]: ...
+    def __getitem__(self, i: int | slice) -> Unchanged | list[Unchanged]:
+        if isinstance(i, slice):
+            return list(map(Unchanged, self.rows[i], self.identifiers[i]))
+        return Unchanged(self.rows[i], self.identifiers[i])
+
+    def __iter__(self) -> Iterator[Unchanged]:
+        return map(Unchanged, self.rows, self.identifiers)
+
+
 def pending(items: Items, log: ResultsLog) -> list[Item]:
     """Resume: drop the rows that already have an outcome in the results file."""
     return [item for item in items if log.status(item.row) is None]
@@ -60,6 +86,8 @@ def changed(items: Items, store: StateStore, raws: Raws | None = None) -> Items:
 
     `raws`: the rowhashes of these rows, for the state to keep with their payload's hash: now
     for the rows found unchanged, once accepted for the rows sent (KnownRows)."""
+    if isinstance(items, UnchangedRows):  # no record in it
+        return items
     keys = {
         item.row: key
         for item in items
@@ -148,7 +176,8 @@ class KnownRows:
             return normalize(chunk, self.plan)
         numbers = np.asarray(rows, dtype=np.int64)
         fast = self._known(hashes, numbers)
-        ids = identifiers(frame.iloc[fast], self.plan) if len(fast) else []
+        known = frame if len(fast) == len(rows) else frame.iloc[fast]
+        ids = identifiers(known, self.plan) if len(fast) else []
         if None in ids:  # never for a row once accepted; if it were, normalize() tells why
             fast, ids = fast[:0], []
         self.found += len(fast)
@@ -158,11 +187,11 @@ class KnownRows:
         self._raws = dict(zip(slow_rows, map(tuple, hashes[slow].tolist()), strict=True))
         if not len(fast):
             return normalize(chunk, self.plan)
+        if not slow_rows and not chunk.bad_rows:
+            return UnchangedRows(rows, cast(list[str], ids))
         # Unchanged(row, identifier) for each, built from C as normalize() builds its Records.
         values = zip(numbers[fast].tolist(), ids, repeat(PEOPLE), repeat(None))
         unchanged: list[Item] = list(map(tuple.__new__, repeat(Unchanged), values))
-        if not slow_rows and not chunk.bad_rows:
-            return unchanged
         rest = Chunk(
             frame.iloc[slow].reset_index(drop=True), slow_rows, chunk.bad_rows, chunk.lines
         )
@@ -198,10 +227,12 @@ class KnownRows:
         return changed(items, self.store, self._raws)
 
 
-def superseded(items: Items, last: Mapping[int, int]) -> list[Item]:
+def superseded(items: Items, last: Mapping[int, int]) -> Items:
     """Rows that a later row of the same identifier replaces (`last`: row -> that later row)
     become `Unchanged`: with `--state`, only a person's last row is what Customer.io must end
     with, so the rows before it are not sent, tonight or any night."""
+    if isinstance(items, UnchangedRows):  # no record in it
+        return items
     return [
         Unchanged(item.row, item.identifier, item.op, last[item.row])
         if isinstance(item, Record) and item.row in last

@@ -45,7 +45,7 @@ from .errors import AbortError, BulksyncError, InputError
 from .normalize import Rejection
 from .operations import KINDS, Record, order_keys, state_key
 from .outcomes import Outcomes
-from .plan import Items, Unchanged
+from .plan import Items, Unchanged, UnchangedRows
 from .policy import AdaptiveRate, Breaker, waits_too_long
 from .ratelimit import RateLimiter
 from .stop import StopHandle as StopHandle
@@ -179,6 +179,8 @@ class Sender:
         items = next(chunks, None)
         if items is None:
             return None
+        if isinstance(items, UnchangedRows):  # nothing to send: written whole
+            return items
         records = [item for item in items if isinstance(item, Record)]
         if self.outcomes.state is not None:
             keys = (state_key(record) for record in records)
@@ -210,6 +212,10 @@ class Sender:
     async def _queue_jobs(self, jobs: Sequence[Job | Rejection | Unchanged]) -> None:
         """Queue a chunk's jobs, in order, each claiming its identifiers; write the outcomes
         known without sending."""
+        if isinstance(jobs, UnchangedRows):
+            self.outcomes.many(jobs)
+            self.outcomes.flush()
+            return
         written: list[Rejection | Unchanged] = []
         for job in jobs:
             if isinstance(job, Rejection | Unchanged):

@@ -18,7 +18,7 @@ from bulksync.console import ProgressBar
 from bulksync.normalize import Rejection
 from bulksync.operations import DELETIONS, PEOPLE, Record
 from bulksync.outcomes import Outcomes
-from bulksync.plan import Unchanged
+from bulksync.plan import Unchanged, UnchangedRows
 from bulksync.results import REMOVAL_ROW, InputIdentity, ResultsLog, Status, outcome_line
 from bulksync.results import valid_lines as make_valid_lines
 
@@ -208,3 +208,33 @@ def test_a_batch_accepted_whole_writes_what_ok_writes(tmp_path: Path) -> None:
     assert written(tmp_path / "all.jsonl") == written(tmp_path / "one.jsonl")
     assert results["all"] == results["one"]
     assert len(results["all"][2]) == 3
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    identifiers=st.lists(st.text(min_size=1, max_size=6), max_size=30),
+    gaps=st.lists(st.sampled_from([1, 1, 1, 2]), min_size=30, max_size=30),
+)
+def test_a_chunk_of_unchanged_rows_as_columns_writes_what_one_at_a_time_writes(
+    tmp_path_factory: pytest.TempPathFactory, identifiers: list[str], gaps: list[int]
+) -> None:
+    """KnownRows' chunk (UnchangedRows: its lines made by pyarrow at once) against the same
+    Unchanged items one at a time: any identifier (quotes, backslashes, control characters,
+    any letter), rows consecutive or not."""
+    rows = [sum(gaps[: i + 1]) for i in range(len(identifiers))]
+    block = UnchangedRows(rows, identifiers)
+    assert list(block) == [Unchanged(r, i) for r, i in zip(rows, identifiers, strict=True)]
+    folder = tmp_path_factory.mktemp("out")
+    heard: dict[str, list[Status]] = {"one": [], "chunk": []}
+    logs = {}
+    for how in ("one", "chunk"):
+        with open_log(folder / f"{how}.jsonl") as log:
+            outcomes = Outcomes(log, heard[how].append)
+            if how == "one":
+                one_at_a_time(outcomes, list(block))
+            else:
+                outcomes.many(block)
+            outcomes.flush()
+            logs[how] = state(log, (rows[-1] if rows else 0) + 2)
+    assert written(folder / "chunk.jsonl") == written(folder / "one.jsonl")
+    assert (logs["chunk"], heard["chunk"]) == (logs["one"], heard["one"])
