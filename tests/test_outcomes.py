@@ -218,7 +218,7 @@ def test_a_batch_accepted_whole_writes_what_ok_writes(tmp_path: Path) -> None:
 def test_a_chunk_of_unchanged_rows_as_columns_writes_what_one_at_a_time_writes(
     tmp_path_factory: pytest.TempPathFactory, identifiers: list[str], gaps: list[int]
 ) -> None:
-    """KnownRows' chunk (UnchangedRows: its lines made by pyarrow at once) against the same
+    """KnownRows' chunk (UnchangedRows: its lines made from its columns) against the same
     Unchanged items one at a time: any identifier (quotes, backslashes, control characters,
     any letter), rows consecutive or not."""
     rows = [sum(gaps[: i + 1]) for i in range(len(identifiers))]
