@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .answers import Credentials, resolve_base_url
-from .connection import SendOptions
+from .connection import RegionCheck, SendOptions
 from .connection import check as check  # the library's check(): in the API's import list
 from .defaults import MISSING
 from .errors import UsageError
@@ -543,8 +543,9 @@ async def _send(
     async with TrackClient(
         base_url, credentials, timeout=send.timeout, connections=send.workers
     ) as client:
+        region = RegionCheck(base_url, credentials, send.timeout)
         account, checks = await check_credentials(
-            client, limiter, send.max_retries, send.backoff, send.max_wait
+            region, limiter, send.max_retries, send.backoff, send.max_wait
         )
         _check_region(account.body, send)
         sender = Sender(client, outcomes, send, limiter=limiter, stop=stop, grace=options.grace)

@@ -104,19 +104,56 @@ def check(options: SendOptions | None = None, credentials: Credentials | None = 
     options = options or SendOptions()
     credentials = credentials or Credentials.from_env()
     base_url = resolve_base_url(options.region, options.base_url)
-    url = URL(base_url + REGION_PATH, encoded=True)
-    headers = {**request_headers(credentials), "Accept": "*/*"}  # aiohttp's Accept too
+    region = RegionCheck(base_url, credentials, options.timeout)
     retries = CheckRetries(base_url, options.max_retries, options.backoff, options.max_wait)
-    context = None
-    if url.scheme == "https":
-        context = ssl.create_default_context()  # certificates and host name verified
-        context.set_alpn_protocols(["http/1.1"])  # as aiohttp's default context
     while True:
-        response = _get(url, headers, options.timeout, context)
+        response = region.get()
         delay = retries.after(response)
         if delay is None:
             return response.body
         time.sleep(delay)
+
+
+class RegionCheck:
+    """GET /api/v1/accounts/region with http.client: the one request of `check`, and of a
+    sync's credentials check (`policy.check_credentials`), whose aiohttp session then comes
+    with its first row sent (track.TrackClient): an unchanged night sends none, and does not
+    import aiohttp."""
+
+    def __init__(self, base_url: str, credentials: Credentials, timeout: float) -> None:
+        self.base_url = base_url
+        self._url = URL(base_url + REGION_PATH, encoded=True)
+        self._headers = {**request_headers(credentials), "Accept": "*/*"}  # aiohttp's too
+        self._timeout = timeout
+        self._context = None
+        if self._url.scheme == "https":
+            self._context = ssl.create_default_context()  # certificates and host name verified
+            self._context.set_alpn_protocols(["http/1.1"])  # as aiohttp's default context
+
+    def get(self) -> Response:
+        return _get(self._url, self._headers, self._timeout, self._context)
+
+    async def region(self) -> Response:
+        """get(), awaited in an event loop: run in a daemon thread, so that a run stopped
+        while the request hangs exits without waiting for it (an executor's thread is joined
+        at exit)."""
+        import asyncio  # here: `bulksync check` runs without it
+
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[Response] = loop.create_future()
+
+        def run() -> None:
+            response = self.get()
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
+                loop.call_soon_threadsafe(_settle, answered, response)
+
+        threading.Thread(target=run, name="bulksync-check", daemon=True).start()
+        return await answered
+
+
+def _settle(future: Any, response: Response) -> None:
+    if not future.done():  # not cancelled meanwhile
+        future.set_result(response)
 
 
 def _get(

@@ -21,15 +21,23 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Protocol
 
 # Backoff, waits_too_long and the credentials check's decisions are pure and shared with the
 # check that sends without aiohttp (connection.check): they live in answers.py.
-from .answers import OUTAGE_WINDOW, CheckRetries
+from .answers import OUTAGE_WINDOW, CheckRetries, Response
 from .answers import Backoff as Backoff
 from .answers import waits_too_long as waits_too_long
 from .defaults import DEFAULT_MAX_WAIT as DEFAULT_MAX_WAIT
 from .ratelimit import RateLimiter
-from .track import Response, TrackClient
+
+
+class RegionClient(Protocol):
+    """What the credentials check sends with: `TrackClient`, or `connection.RegionCheck`."""
+
+    base_url: str
+
+    async def region(self) -> Response: ...
 
 
 class AdaptiveRate:
@@ -114,7 +122,7 @@ class Breaker:
 
 
 async def check_credentials(
-    client: TrackClient,
+    client: RegionClient,
     limiter: RateLimiter | None,
     max_retries: int,
     backoff: Backoff,

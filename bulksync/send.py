@@ -37,8 +37,9 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .answers import Kind, Response
 from .batch import Batch, pack
 from .connection import SendOptions as SendOptions
 from .errors import AbortError, BulksyncError, InputError
@@ -49,7 +50,9 @@ from .plan import Items, Unchanged, UnchangedRows
 from .policy import AdaptiveRate, Breaker, waits_too_long
 from .ratelimit import RateLimiter
 from .stop import StopHandle as StopHandle
-from .track import Kind, Response, TrackClient
+
+if TYPE_CHECKING:
+    from .track import TrackClient
 
 Job = Record | Batch  # what a worker sends in one request
 log = logging.getLogger("bulksync")

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import SimpleNamespace, TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
-import aiohttp
 from yarl import URL
 
 # The pure half lives in answers.py, which the credentials check uses without aiohttp; its names
@@ -31,9 +30,15 @@ from .answers import parse_retry_after as parse_retry_after
 from .answers import resolve_base_url as resolve_base_url
 from .operations import KINDS, Record
 
+if TYPE_CHECKING:
+    import aiohttp
+
 
 class TrackClient:
-    """An aiohttp session for one run: keep-alive connections, auth header built once."""
+    """An aiohttp session for one run: keep-alive connections, auth header built once.
+
+    The session (and aiohttp, a fifth of a second to import) comes with the first request: a
+    nightly run that finds every row unchanged sends none."""
 
     def __init__(
         self,
@@ -46,16 +51,21 @@ class TrackClient:
         self.base_url = base_url.rstrip("/")
         self._headers = request_headers(credentials)
         self._seconds = timeout
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     async def __aenter__(self) -> Self:
+        return self
+
+    def _open(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         trace = aiohttp.TraceConfig()
         trace.on_request_headers_sent.append(_call_on_sent)
-        self._session = aiohttp.ClientSession(
+        session = aiohttp.ClientSession(
             headers=self._headers,
-            timeout=self._timeout,
+            timeout=aiohttp.ClientTimeout(total=self._seconds),
             connector=aiohttp.TCPConnector(limit=self._connections),
             trace_configs=[trace],
         )
@@ -64,9 +74,9 @@ class TrackClient:
         # 103 requests in a second at --rate 100), and an attempt the results never show. Our
         # retry policy re-sends instead, through the limiter. aiohttp has no public switch;
         # its own test client turns the same private one off.
-        if hasattr(self._session, "_retry_connection"):
-            self._session._retry_connection = False
-        return self
+        if hasattr(session, "_retry_connection"):
+            session._retry_connection = False
+        return session
 
     async def __aexit__(
         self,
@@ -74,6 +84,7 @@ class TrackClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
 
@@ -86,7 +97,11 @@ class TrackClient:
     ) -> Response:
         """Send one request and classify what comes back. Never raises for network trouble.
         `on_sent` is called when the request's headers have been written."""
-        assert self._session is not None, "use TrackClient as an async context manager"
+        import aiohttp  # a lookup once imported: for its exceptions below
+
+        assert not self._closed, "use TrackClient as an async context manager"
+        if self._session is None:
+            self._session = self._open()  # no await before it: made once, whatever the workers
         # encoded=True: the path is already percent-encoded, and yarl must not turn %40 back
         # into @ (the identifier would then be read differently by the API).
         url = URL(self.base_url + path, encoded=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +103,27 @@ def test_library_check_imports_no_aiohttp(api_env: ServerThread) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
     )
     assert done.stdout.splitlines() == ["us", "[]"], done.stderr
+
+
+def test_a_night_with_nothing_to_send_imports_no_aiohttp(
+    api_env: ServerThread, tmp_path: Path
+) -> None:
+    """The second night of an unchanged file: the credentials are checked (with http.client)
+    and nothing is sent, so aiohttp is never imported; the first night's rows were sent with
+    it, and a row edited on the third night is too."""
+    source, state = tmp_path / "in.csv", tmp_path / "s.db"
+    night = ["sync", str(source), "--state", str(state), "--rate", "0", "--quiet", "--fresh"]
+
+    def imports_aiohttp() -> bool:
+        result = probe(night)
+        heavy = result["heavy"]
+        assert result["code"] == 0 and isinstance(heavy, list)
+        return "aiohttp" in {m.split(".")[0] for m in heavy}
+
+    source.write_text("id,email\n1,a@example.com\n2,b@example.com\n")
+    assert imports_aiohttp()
+    before = len(api_env.snapshot()[0])
+    assert not imports_aiohttp()
+    assert [r.path for r in api_env.snapshot()[0][before:]] == ["/api/v1/accounts/region"]
+    source.write_text("id,email\n1,a@example.com\n2,c@example.com\n")
+    assert imports_aiohttp()
