@@ -5,6 +5,7 @@ failed rows of a results file; `check()` verifies the credentials."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import logging
@@ -183,15 +184,20 @@ def sync(
             # input cannot be read twice: there, each repeat is compared with the row before
             # it, which ends right but sends every version.)
             reads_ahead = kind.last_wins and not is_stream(input_path)
-            if store is not None and not options.full and reads_ahead:
-                last = _last_rows(input_path, options, column_plan)
-            repeats = Repeats()
-            reading = _Reading(store if kind.name == PEOPLE else None, options, log)
             # A nightly run of people with the input's repeats known: the rows the state knows
             # as accepted are found unchanged before they are normalized (plan.KnownRows).
             known = None
-            if store is not None and last is not None and kind.name == PEOPLE:
-                known = reading.known_rows = KnownRows(store, column_plan, last)
+            if store is not None and not options.full and reads_ahead:
+                with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                    # SQLite reads the rowhashes (letting go of the GIL) while the file is
+                    # read ahead.
+                    rowhashes = pool.submit(store.rowhashes) if kind.name == PEOPLE else None
+                    last = _last_rows(input_path, options, column_plan)
+                if rowhashes is not None:
+                    known = KnownRows(store, column_plan, last, rowhashes.result())
+            repeats = Repeats()
+            reading = _Reading(store if kind.name == PEOPLE else None, options, log)
+            reading.known_rows = known
             items: Iterator[Items] = (
                 reading.see(known.normalize(chunk) if known else normalize(chunk, column_plan))
                 for chunk in reading.watch(itertools.chain([first], chunks))

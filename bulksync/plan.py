@@ -155,10 +155,17 @@ class KnownRows:
     row of the same person stale, since with the repeats known (`last`, as for superseded())
     only a person's last row is ever sent, and the rows `last` replaces take the slow path."""
 
-    def __init__(self, store: StateStore, plan: ColumnPlan, last: Mapping[int, int]) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        plan: ColumnPlan,
+        last: Mapping[int, int],
+        rowhashes: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
+    ) -> None:
+        """`rowhashes`: the state's, as `store.rowhashes()` reads them."""
         self.store = store
         self.plan = plan
-        self._first, self._second = store.rowhashes()
+        self._first, self._second = rowhashes
         self._replaced = np.array(sorted(last), dtype=np.int64)
         self._keys: dict[tuple[str, ...], bytes] = {}  # a chunk's columns -> its hash key
         self._raws: dict[int, tuple[int, int]] = {}  # the chunk's normalized rows' rowhashes
