@@ -530,12 +530,12 @@ class _Pending:
 
     def chunk(self) -> Chunk:
         """The rows so far as a Chunk; the next chunk starts empty."""
-        if self.column is not None and not (self.tables or self.cells):
-            frame = pa.table({self.column: pa.array([], pa.string())}).to_pandas()
-        elif self.tables or self.column is not None:
+        if self.tables or self.column is not None:
             self._cells_to_table()
+            # No row, one column (the tables are the rows').
+            tables = self.tables or [pa.table({self.column: pa.array([], pa.string())})]
             # The same frame as from the cells: pandas' "str" columns hold arrow strings.
-            frame = pa.concat_tables(self.tables).combine_chunks().to_pandas()
+            frame = pa.concat_tables(tables).combine_chunks().to_pandas()
         else:
             frame = pd.DataFrame(self.cells, columns=self.header, dtype="str")
         # The frame holds the values now: free the strings (an object per cell, several times

@@ -202,3 +202,15 @@ def test_jsonl_blocks_read_what_lines_read(
     options = SourceOptions(format="jsonl", chunk_size=chunk_size)
     from_file = _read(str(path), options)
     assert from_file == _from_pipe(data, options)
+
+
+def test_one_column_alone_of_a_file_without_rows_or_without_that_column(tmp_path: Path) -> None:
+    """A header-only file still shows the column (as its one column, of strings); a column
+    the header lacks gives every column, as without `column`."""
+    path = tmp_path / "in.csv"
+    path.write_text(HEADER)
+    (chunk,) = read_chunks(str(path), column="email")
+    assert list(chunk.frame.columns) == ["email"] and str(chunk.frame.dtypes.iloc[0]) == "str"
+    path.write_text(HEADER + "1,a@example.com,Ann\n")
+    (chunk,) = read_chunks(str(path), column="nope")
+    assert chunk.frame.to_dict("records") == [{"id": "1", "email": "a@example.com", "name": "Ann"}]
