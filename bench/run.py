@@ -920,7 +920,8 @@ def bench_memory(quick: bool) -> list[str]:
                 print(f"memory: {mode}, {columns} columns ...", file=sys.stderr, flush=True)
                 run = measure(argv, env=env)
                 done = limit or rows[columns]
-                written = results.read_bytes().count(b"\n") - 1  # less the header line
+                # Outcome lines: not the header, nor the end line of an input read whole.
+                written = results.read_bytes().count(b'\n{"row":')
                 if written != done:
                     raise BenchError(f"{mode}, {columns} columns: {written:,} of {done:,} rows")
                 results.unlink()

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import heapq
+import itertools
 import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
@@ -277,16 +278,22 @@ _ROW, _IDENTIFIER = operator.attrgetter("row"), operator.attrgetter("identifier"
 class Repeats:
     """Identifiers found on more than one row, for the kinds where a later row replaces an
     earlier one (people, objects): counted as rows are read, with a few examples. Memory: 12
-    bytes per distinct identifier (sorted numpy arrays of hashes and first rows), and 8 more
-    while a chunk's new ones are merged in: a dry run's memory must not grow with the file."""
+    bytes per distinct identifier (sorted numpy arrays of hashes and first rows), in 16 parts
+    by the hashes' first bits, so that merging a chunk's new ones in copies a part at a time,
+    not all of them at once: a dry run's memory must not grow with the file."""
 
     EXAMPLES = 5  # identifiers shown
     ROWS_SHOWN = 5  # rows shown per identifier
+    _PARTS = 16  # by a hash's top 4 bits
 
     def __init__(self) -> None:
-        self._hashes: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)  # sorted
+        self._hashes: list[npt.NDArray[np.int64]] = [
+            np.empty(0, dtype=np.int64) for _ in range(self._PARTS)
+        ]  # each sorted
         # Aligned with _hashes: each one's first row. 32 bits while the rows fit.
-        self._first: npt.NDArray[np.int32 | np.int64] = np.empty(0, dtype=np.int32)
+        self._first: list[npt.NDArray[np.int32 | np.int64]] = [
+            np.empty(0, dtype=np.int32) for _ in range(self._PARTS)
+        ]
         self._repeated: set[int] = set()
         self.rows = 0  # rows whose identifier came on an earlier row
         self.identifiers = 0  # identifiers on more than one row
@@ -305,21 +312,30 @@ class Repeats:
         # The chunk's distinct hashes, sorted (first: the index of each one's first row): looked
         # up and merged in order, faster than the rows' hashes in row order.
         unique, first, inverse = np.unique(h, return_index=True, return_inverse=True)
-        at = np.searchsorted(self._hashes, unique)
+        if rows[-1] > np.iinfo(self._first[0].dtype).max:
+            self._first = [f.astype(np.int64) for f in self._first]
         known = np.zeros(len(unique), dtype=bool)
-        inside = at < len(self._hashes)
-        known[inside] = self._hashes[at[inside]] == unique[inside]
+        earliest = rows[first]  # each one's first row: this chunk's, or an earlier one's
+        # Sorted, a part's hashes come together (its top bits are the same).
+        part = (unique.view(np.uint64) >> 60).astype(np.intp)
+        bounds = [0, *(np.flatnonzero(part[1:] != part[:-1]) + 1).tolist(), len(unique)]
+        for start, end in itertools.pairwise(bounds):
+            p, these = int(part[start]), unique[start:end]
+            hashes, firsts = self._hashes[p], self._first[p]
+            at = np.searchsorted(hashes, these)
+            inside = at < len(hashes)
+            found = np.zeros(len(these), dtype=bool)
+            found[inside] = hashes[at[inside]] == these[inside]
+            known[start:end] = found
+            earliest[start:end][found] = firsts[at[found]]
+            new = ~found
+            self._hashes[p] = np.insert(hashes, at[new], these[new])
+            self._first[p] = np.insert(firsts, at[new], rows[first[start:end][new]])
         again = np.ones(len(h), dtype=bool)
         again[first] = False
         for i in np.flatnonzero(known[inverse] | again).tolist():
             u = inverse[i]
-            earliest = self._first[at[u]] if known[u] else rows[first[u]]
-            self._count(int(h[i]), records[i].identifier, int(earliest), int(rows[i]))
-        new = ~known
-        self._hashes = np.insert(self._hashes, at[new], unique[new])
-        if rows[-1] > np.iinfo(self._first.dtype).max:
-            self._first = self._first.astype(np.int64)
-        self._first = np.insert(self._first, at[new], rows[first[new]])
+            self._count(int(h[i]), records[i].identifier, int(earliest[u]), int(rows[i]))
         return items
 
     def _count(self, key: int, identifier: str, earliest: int, row: int) -> None:

@@ -99,7 +99,8 @@ def test_repeated_identifiers_are_counted_with_examples_in_the_summary(tmp_path:
     }
 
 
-def test_repeats_counted_chunk_by_chunk_match_a_plain_count() -> None:
+@pytest.mark.parametrize(("people", "rows"), [(300, 2000), (6000, 9000)])
+def test_repeats_counted_chunk_by_chunk_match_a_plain_count(people: int, rows: int) -> None:
     import random
     from collections import Counter
 
@@ -107,10 +108,10 @@ def test_repeats_counted_chunk_by_chunk_match_a_plain_count() -> None:
     from bulksync.plan import Repeats, last_rows
 
     rng = random.Random(11)
-    ids = [f"p{rng.randrange(300)}" for _ in range(2000)]
+    ids = [f"p{rng.randrange(people)}" for _ in range(rows)]
     chunks = [
-        [Record(row, ids[row - 1], {}) for row in range(start, min(start + 137, 2001))]
-        for start in range(1, 2001, 137)
+        [Record(row, ids[row - 1], {}) for row in range(start, min(start + 137, rows + 1))]
+        for start in range(1, rows + 1, 137)
     ]
     repeats = Repeats()
     for chunk in chunks:
