@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 from bulksync.batch import pack
 from bulksync.cli import main
 from bulksync.fake import Recorded
-from bulksync.operations import KINDS, Record
+from bulksync.operations import KINDS, Record, ulid
 from bulksync.results import read_lines
 
 from .conftest import ServerThread, read_results
@@ -766,3 +766,55 @@ def test_an_irreversible_kind_from_a_pipe_needs_yes_since_it_cannot_be_counted(
     assert result.exit_code == 2, result.output
     assert "--yes" in result.output and "pipe" in result.output
     assert api_env.snapshot()[0] == []
+
+
+def test_ulid_digits_are_the_five_bit_groups_of_time_then_entropy() -> None:
+    """ulid() makes two digits per lookup: the same 26 Crockford digits as one 5-bit group
+    at a time (a derived event id must not change between versions: Customer.io drops a
+    copy by its id)."""
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+    def digit_by_digit(ms: int, entropy: bytes) -> str:
+        value = (min(max(ms, 0), 2**48 - 1) << 80) | int.from_bytes(entropy[:10].rjust(10, b"\0"))
+        return "".join(alphabet[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+    rng = random.Random(5)
+    cases = [
+        (rng.randrange(-10, 2**49), rng.randbytes(rng.choice([0, 3, 10, 12]))) for _ in range(3000)
+    ]
+    cases += [(0, b""), (2**48 - 1, b"\xff" * 10), (-1, b"\x01")]
+    assert [ulid(*case) for case in cases] == [digit_by_digit(*case) for case in cases]
+    assert ulid(2**48 - 1, b"\xff" * 10) == "7" + "Z" * 25
+
+
+def test_derived_event_ids_are_those_of_the_whole_row_as_sorted_json() -> None:
+    """The derived id hashes orjson.dumps([identifier, name, timestamp, data], sorted keys),
+    as it always did, though the data comes serialized already: the ids of events a
+    previous version sent are the same (Customer.io drops a copy by its id)."""
+    import hashlib
+
+    from bulksync.operations import event_id
+
+    rng = random.Random(9)
+    words = ["a", "Zoë", 'q"', "b\\", "\n", "中", "z", "A"]
+
+    def value(depth: int) -> Any:
+        choice = rng.randrange(6 if depth < 2 else 4)
+        if choice == 0:
+            return rng.choice(words)
+        if choice == 1:
+            return rng.choice([0, -1, 2**53 + 1, 1.5, True, None])
+        if choice in (2, 3):
+            return rng.randrange(10**6)
+        if choice == 4:
+            return [value(depth + 1) for _ in range(rng.randrange(3))]
+        return {rng.choice(words): value(depth + 1) for _ in range(rng.randrange(4))}
+
+    for _ in range(500):
+        data = {rng.choice(words): value(0) for _ in range(rng.randrange(5))}
+        who, name = rng.choice(words), rng.choice(words)
+        timestamp = rng.choice([None, 0, 1_700_000_000])
+        whole = orjson.dumps([who, name, timestamp, data], option=orjson.OPT_SORT_KEYS)
+        expected = ulid((timestamp or 0) * 1000, hashlib.blake2b(whole, digest_size=10).digest())
+        body = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+        assert event_id(who, name, timestamp, body, None) == expected
