@@ -94,22 +94,26 @@ def chunks(draw: st.DrawFn) -> list[list[Item]]:
 def test_a_chunk_at_once_writes_what_one_outcome_at_a_time_writes(
     tmp_path_factory: pytest.TempPathFactory, items: list[list[Item]]
 ) -> None:
-    folder = tmp_path_factory.mktemp("out")
+    both_ways(tmp_path_factory.mktemp("out"), items, sum(map(len, items)) * 2)
+
+
+def both_ways(folder: Path, chunks: Sequence[Sequence[Item]], rows: int) -> None:
+    """Each chunk written at once (Outcomes.many) and one outcome at a time: the same file,
+    the same statuses of rows 0 to `rows`, the same callbacks."""
     heard: dict[str, list[Status]] = {"one": [], "chunk": []}
     logs = {}
     for how in ("one", "chunk"):
         with open_log(folder / f"{how}.jsonl") as log:
             outcomes = Outcomes(log, heard[how].append)
-            for chunk in items:
+            for chunk in chunks:
                 if how == "one":
-                    one_at_a_time(outcomes, chunk)
+                    one_at_a_time(outcomes, list(chunk))
                 else:
                     outcomes.many(chunk)
                 outcomes.flush()
-            logs[how] = state(log, sum(map(len, items)) * 2)
+            logs[how] = state(log, rows)
     assert written(folder / "chunk.jsonl") == written(folder / "one.jsonl")
-    assert logs["chunk"] == logs["one"]
-    assert heard["chunk"] == heard["one"]
+    assert (logs["chunk"], heard["chunk"]) == (logs["one"], heard["one"])
 
 
 def test_the_progress_bar_counts_a_chunk_at_once(tmp_path: Path) -> None:
@@ -224,17 +228,4 @@ def test_a_chunk_of_unchanged_rows_as_columns_writes_what_one_at_a_time_writes(
     rows = [sum(gaps[: i + 1]) for i in range(len(identifiers))]
     block = UnchangedRows(rows, identifiers)
     assert list(block) == [Unchanged(r, i) for r, i in zip(rows, identifiers, strict=True)]
-    folder = tmp_path_factory.mktemp("out")
-    heard: dict[str, list[Status]] = {"one": [], "chunk": []}
-    logs = {}
-    for how in ("one", "chunk"):
-        with open_log(folder / f"{how}.jsonl") as log:
-            outcomes = Outcomes(log, heard[how].append)
-            if how == "one":
-                one_at_a_time(outcomes, list(block))
-            else:
-                outcomes.many(block)
-            outcomes.flush()
-            logs[how] = state(log, (rows[-1] if rows else 0) + 2)
-    assert written(folder / "chunk.jsonl") == written(folder / "one.jsonl")
-    assert (logs["chunk"], heard["chunk"]) == (logs["one"], heard["one"])
+    both_ways(tmp_path_factory.mktemp("out"), [block], (rows[-1] if rows else 0) + 2)
