@@ -170,7 +170,7 @@ def sync(
             # Every row already has an outcome (a finished run, resumed): read it again to
             # resume, which sends nothing.
             chunks = stack.enter_context(
-                contextlib.closing(read_chunks(input_path, options.source))
+                contextlib.closing(read_chunks(input_path, options.source, warn=False))
             )
             first = next(chunks)
         with (
@@ -432,7 +432,8 @@ def _last_rows(input_path: str, options: SyncOptions, column_plan: ColumnPlan) -
         return {}
     keys = [c for c in (column_plan.id_column, *column_plan.roles) if c is not None]
     repeats = Repeats()
-    with contextlib.closing(read_chunks(input_path, options.source)) as chunks:
+    # The input was read once already (its first chunk): what the reader had to say, it said.
+    with contextlib.closing(read_chunks(input_path, options.source, warn=False)) as chunks:
         for chunk in chunks:
             narrow = chunk.frame[[c for c in keys if c in chunk.frame.columns]]
             # Its valid rows are a superset of the whole rows' valid ones: no repeat among
@@ -440,7 +441,7 @@ def _last_rows(input_path: str, options: SyncOptions, column_plan: ColumnPlan) -
             repeats.observe(normalize(replace(chunk, frame=narrow), column_plan))
     if not repeats.rows:
         return {}
-    with contextlib.closing(read_chunks(input_path, options.source)) as chunks:
+    with contextlib.closing(read_chunks(input_path, options.source, warn=False)) as chunks:
         return last_rows(normalize(chunk, column_plan) for chunk in chunks)
 
 
@@ -457,7 +458,9 @@ def _ids_unique(input_path: str, options: SyncOptions, column_plan: ColumnPlan) 
         return False
     hashes = []
     # That column alone: the same rows, read faster.
-    with contextlib.closing(read_chunks(input_path, options.source, column=column)) as chunks:
+    with contextlib.closing(
+        read_chunks(input_path, options.source, column=column, warn=False)
+    ) as chunks:
         for chunk in chunks:
             cells = chunk.frame.get(column)
             if cells is None or not isinstance(cells.dtype, pd.StringDtype):

@@ -75,7 +75,7 @@ import zipfile
 import zlib
 from bisect import bisect_left
 from collections import Counter, deque
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal, get_args
@@ -192,14 +192,20 @@ def detect_format(path: str, head: bytes, *, stream: bool = False) -> Format:
 
 
 def read_chunks(
-    path: str, options: SourceOptions | None = None, *, column: str | None = None
+    path: str,
+    options: SourceOptions | None = None,
+    *,
+    column: str | None = None,
+    warn: bool = True,
 ) -> Generator[Chunk, None, None]:
     """Yield the input's rows in chunks of at most `options.chunk_size` rows, `chunk_cells`
     cells and about `chunk_chars` characters of input (see the module docstring).
 
     `column`: a CSV's chunks hold that column alone (when the header has it), for a caller
     that reads the file once more for one column: the same rows, as valid or invalid and
-    numbered as when every column is read, without making the others' values."""
+    numbered as when every column is read, without making the others' values. `warn=False`:
+    what the reader decides on its own is not said again (a file read once more, after a read
+    that said it)."""
     options = options or SourceOptions()
     try:
         codec: codecs.CodecInfo | None = codecs.lookup(options.encoding)
@@ -215,7 +221,8 @@ def read_chunks(
             binary = io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"))
         head = binary.peek(64)
         _refuse_other_files(path, head, gzipped=binary is not raw)
-        encoding = _encoding(input_name(path), head, options.encoding)
+        say = logger.warning if warn else _unsaid
+        encoding = _encoding(input_name(path), head, options.encoding, say)
         if encoding.startswith("utf-16") or encoding.startswith("utf-32"):
             # Format detection looks for '{': in the decoded text, not in the bytes.
             head = head.decode(encoding, errors="ignore").encode()
@@ -227,7 +234,7 @@ def read_chunks(
             pending = raw.read1(len(raw.peek(1)))  # what peeking already buffered
             lines = QuietLines(raw.fileno(), encoding, pending, csv_quotes=fmt == "csv")
         if fmt == "csv":
-            yield from _CsvReader(path, binary, options, encoding, lines, column).chunks()
+            yield from _CsvReader(path, binary, options, encoding, lines, column, say).chunks()
         else:
             yield from _read_jsonl(path, binary, options, encoding, lines)
     except LineTooLong as exc:  # the readers say which line; this is the last resort
@@ -341,14 +348,18 @@ _BOMS = (
 )
 
 
-def _encoding(name: str, head: bytes, given: str) -> str:
+def _unsaid(*_: object) -> None:
+    """A warning not said (read_chunks(warn=False))."""
+
+
+def _encoding(name: str, head: bytes, given: str, say: Callable[..., None] = logger.warning) -> str:
     """The codec to decode with: the one a byte-order mark names (the codec drops the mark),
-    else `given`."""
+    else `given`. A mark that overrides `given` is said with `say`."""
     given_name = codecs.lookup(given).name
     for bom, codec, label in _BOMS:
         if head.startswith(bom):
             if not given_name.startswith(codec.removesuffix("-sig")):
-                logger.warning(
+                say(
                     "%s starts with a %s byte-order mark: reading it as %s, not %s",
                     name,
                     label,
@@ -554,9 +565,11 @@ class _CsvReader:
         encoding: str,
         quiet: QuietLines | None,
         column: str | None = None,
+        say: Callable[..., None] = logger.warning,
     ) -> None:
         self.name = input_name(path)
         self.column = column
+        self.say = say  # what the reader decides on its own (read_chunks' `warn`)
         self.path = path
         self.binary = binary
         self.options = options
@@ -893,7 +906,7 @@ class _CsvReader:
             peeked = []
             declared = sep.group(1)
             if options.delimiter is not None and options.delimiter != declared:
-                logger.warning(
+                self.say(
                     "%s: line 1 is Excel's 'sep=%s' line: skipped; the delimiter is %s, as"
                     " --delimiter says",
                     self.name,
@@ -901,7 +914,7 @@ class _CsvReader:
                     _shown(options.delimiter),
                 )
                 return options.delimiter, peeked, 1
-            logger.warning(
+            self.say(
                 "%s: line 1 is Excel's 'sep=%s' line: skipped, and %s read as the delimiter",
                 self.name,
                 declared,
@@ -931,7 +944,7 @@ class _CsvReader:
         best = max(candidates, key=lambda c: scores[c])
         if scores[best][1] < 2:
             return ",", peeked, 0
-        logger.warning(
+        self.say(
             "%s: detected %s as the delimiter (the header has no ','); pass --delimiter to choose",
             self.name,
             _shown(best),
@@ -971,9 +984,9 @@ class _CsvReader:
         if spaced:
             listed = ", ".join(f"{f!r} as {f.strip()!r}" for f in spaced[:3])
             more = f" and {len(spaced) - 3} more" if len(spaced) > 3 else ""
-            logger.warning("%s: spaces around column names are removed: %s%s", name, listed, more)
+            self.say("%s: spaces around column names are removed: %s%s", name, listed, more)
         if unnamed:
-            logger.warning(
+            self.say(
                 "%s: the header ends with %s: %d unnamed column(s) ignored; a row with a value"
                 " there is invalid",
                 name,

@@ -397,3 +397,19 @@ def test_who_is_absent_on_a_night_found_by_rowhash(
     # All there, cust-8 on a slow row only (edited again): looked up, none absent.
     again = {**rows[7], "plan": "again"}
     assert (night("again", [*rows[:7], again, *rows[8:]]), looked_up) == (0, [1, 1, 0])
+
+
+def test_what_the_reader_decides_is_said_once_however_often_the_file_is_read(
+    api_env: ServerThread, tmp_path: Path
+) -> None:
+    """With --state the file is read up to four times (its identifiers, its repeats, its
+    repeated people's rows, then the pass that sends): a detected delimiter and spaces around
+    names are said once a night, not once a read."""
+    source = tmp_path / "in.csv"
+    source.write_text(" id ;email;plan\ncust-1;a@example.com;free\ncust-1;a@example.com;pro\n")
+    for night in (1, 2):
+        result = sync_state(source, tmp_path / "s.db", tmp_path / f"{night}.jsonl", "--fresh")
+        assert result.exit_code == 0, result.output
+        assert result.stderr.count("detected ';' as the delimiter") == 1, result.stderr
+        assert result.stderr.count("spaces around column names are removed") == 1
+        assert result.stderr.count("WARNING") == 2, result.stderr
