@@ -143,17 +143,24 @@ class RegionCheck:
         answered: asyncio.Future[Response] = loop.create_future()
 
         def run() -> None:
-            response = self.get()
+            try:
+                outcome: Response | BaseException = self.get()
+            except BaseException as exc:  # raised where the check is awaited, not lost here
+                outcome = exc
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
-                loop.call_soon_threadsafe(_settle, answered, response)
+                loop.call_soon_threadsafe(_settle, answered, outcome)
 
         threading.Thread(target=run, name="bulksync-check", daemon=True).start()
         return await answered
 
 
-def _settle(future: Any, response: Response) -> None:
-    if not future.done():  # not cancelled meanwhile
-        future.set_result(response)
+def _settle(future: Any, outcome: Response | BaseException) -> None:
+    if future.done():  # cancelled meanwhile
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 def _get(

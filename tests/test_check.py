@@ -1,9 +1,10 @@
 """The credentials check (`bulksync.check`, `bulksync check`), which sends its one request with the
 standard library, not aiohttp: against the simulator with injected faults over loopback, each
-case run through it and through the sync's own check (`policy.check_credentials` with the aiohttp
-`TrackClient`), which must come to the same answer and the same message. A few cases the
-simulator cannot play (a redirect, an answer that trickles in, the headers sent) use a one-shot
-server on 127.0.0.1."""
+case run through it, through the retry loop over the aiohttp `TrackClient`
+(`policy.check_credentials`), and through the sync's own check (that loop in an event loop, each
+request sent with http.client from a thread), which must come to the same answer and message.
+A few cases the simulator cannot play (a redirect, an answer that trickles in, the headers sent)
+use a one-shot server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from bulksync import AbortError, Credentials, SendOptions, UsageError, check
+from bulksync.connection import RegionCheck
 from bulksync.policy import check_credentials
 from bulksync.track import TrackClient, resolve_base_url
 
@@ -30,9 +32,9 @@ ACCOUNT = {"url": "https://track.customer.io", "region": "us", "environment_id":
 Check = Callable[[SendOptions, Credentials], Any]
 
 
-def sync_check(options: SendOptions, credentials: Credentials) -> Any:
-    """What `sync` runs before its first row (and what `check` ran before it sent without
-    aiohttp): the reference the standard-library check must match."""
+def aiohttp_check(options: SendOptions, credentials: Credentials) -> Any:
+    """The retry loop over the aiohttp client (what `sync` ran before its first row until its
+    check went through http.client too): the reference the standard-library check must match."""
 
     async def run() -> Any:
         base_url = resolve_base_url(options.region, options.base_url)
@@ -45,7 +47,24 @@ def sync_check(options: SendOptions, credentials: Credentials) -> Any:
     return asyncio.run(run())
 
 
-BOTH = pytest.mark.parametrize("checker", [check, sync_check], ids=["stdlib", "aiohttp"])
+def sync_check(options: SendOptions, credentials: Credentials) -> Any:
+    """What `sync` runs before its first row: the retry loop in the event loop, each request
+    sent with http.client from a thread (connection.RegionCheck)."""
+
+    async def run() -> Any:
+        base_url = resolve_base_url(options.region, options.base_url)
+        region = RegionCheck(base_url, credentials, options.timeout)
+        account, _ = await check_credentials(
+            region, None, options.max_retries, options.backoff, options.max_wait
+        )
+        return account.body
+
+    return asyncio.run(run())
+
+
+BOTH = pytest.mark.parametrize(
+    "checker", [check, aiohttp_check, sync_check], ids=["stdlib", "aiohttp", "sync"]
+)
 
 
 def options(fake: ServerThread | str, **values: Any) -> SendOptions:
@@ -244,7 +263,7 @@ def ok_answer(conn: socket.socket) -> None:
 
 def test_the_same_request_line_and_headers_as_the_aiohttp_client() -> None:
     with one_shot_server(ok_answer) as (url, heads):
-        for checker in (check, sync_check):
+        for checker in (check, aiohttp_check):
             assert checker(options(url), CREDENTIALS) == ACCOUNT
     stdlib, reference = heads
     assert (
@@ -301,3 +320,18 @@ def test_the_timeout_is_for_the_whole_answer_not_each_read(checker: Check, part:
         f"cannot reach the Track API at {url}: no answer within 0.5s;"
         " nothing was sent, run again later"
     )
+
+
+def test_an_error_in_the_check_thread_is_raised_where_the_check_is_awaited(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not a network error (those are answers): a bug or an odd value in the request. The
+    sync's check must raise it, not wait forever for a thread that died."""
+    import bulksync.connection
+
+    def broken(*_: Any) -> Any:
+        raise ValueError("Invalid header value")
+
+    monkeypatch.setattr(bulksync.connection, "_get", broken)
+    with pytest.raises(ValueError, match="Invalid header value"):
+        sync_check(options("http://127.0.0.1:9"), CREDENTIALS)
