@@ -270,12 +270,13 @@ class _Reading:
         self.complete = self.options.source.limit is None
 
     def see(self, items: Items) -> Items:
-        if isinstance(items, UnchangedRows):
-            if self.store is not None:
-                self.store.see(items.identifiers)
-        elif self.store is not None:
+        if self.store is not None:
             # Every row of a person counts, invalid ones too: a bad email is no reason to delete.
-            self.store.see(item.identifier for item in items if item.identifier is not None)
+            self.store.see(
+                items.identifiers
+                if isinstance(items, UnchangedRows)  # its identifiers, without a tuple a row
+                else (item.identifier for item in items if item.identifier is not None)
+            )
         return items
 
     def removals(self) -> list[Record]:

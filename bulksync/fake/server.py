@@ -726,7 +726,7 @@ def _parse_operation(op: Any, whole: str) -> _Change:
 # passes in C (map, set, chain) instead of calls per operation, and prove what _parse_operation
 # would find. A batch mixing kinds, or anything not proven, takes the general path.
 
-_FIELDS = tuple(map(itemgetter, ("type", "action", "identifiers", "attributes")))
+_FIELDS = tuple(map(itemgetter, ("type", "action", "identifiers")))
 _IDENTIFIER_KEY_SET = frozenset(IDENTIFIER_KEYS)
 # The values a JSON attribute may take (orjson makes no other scalars): at most 24 bytes of JSON
 # for a number, so only strings can be over MAX_VALUE_BYTES.
@@ -745,6 +745,22 @@ _MISSING = _Missing()
 # EVENT_ID, repeated: ids of 26 characters each, joined, match it when every one matches EVENT_ID.
 _EVENT_IDS = re.compile(f"(?:{EVENT_ID.pattern})*")
 _OPTIONAL_TIMESTAMP = frozenset({int, _Missing})  # bool is not int here: type() is exact
+
+
+def _batch_persons(operations: list[Any], action: str) -> list[str] | None:
+    """The person each operation names, if the batch is not empty and every operation is a
+    person `action` naming one as _person accepts (_batch_people), else None (not proven)."""
+    if not operations:
+        return None
+    try:
+        # TypeError: an operation that is not an object; KeyError: one without these keys.
+        kinds, actions, identifiers = (list(map(get, operations)) for get in _FIELDS)
+    except (TypeError, KeyError):
+        return None
+    count = len(operations)
+    if kinds.count("person") != count or actions.count(action) != count:
+        return None
+    return _batch_people(identifiers)
 
 
 def _batch_people(identifiers: list[Any]) -> list[str] | None:
@@ -819,18 +835,12 @@ def _identify_batch(operations: list[Any]) -> _Identifies | None:
     operation, which finds what is wrong (or what is not an identify). None means only "not
     proven": an identifier given as a number, or attributes left out, take the general path
     too."""
-    if not operations:
-        return None
-    count = len(operations)
-    try:
-        # TypeError: an operation that is not an object; KeyError: one without these keys.
-        kinds, actions, identifiers, attributes = (list(map(get, operations)) for get in _FIELDS)
-    except (TypeError, KeyError):
-        return None
-    if kinds.count("person") != count or actions.count("identify") != count:
-        return None
-    people = _batch_people(identifiers)
+    people = _batch_persons(operations, "identify")
     if people is None:
+        return None
+    try:
+        attributes = list(map(itemgetter("attributes"), operations))
+    except KeyError:
         return None
     # attributes: _identify_error's rules.
     names = _batch_attribute_names(attributes)
@@ -872,22 +882,16 @@ def _event_batch(operations: list[Any]) -> _Events | None:
     _parse_operation accepts (_person, then _event's rules), else None (not proven): as
     _identify_batch, for the batches of `--kind events`. Its `attributes` (the event's data)
     may be left out, as _event allows."""
-    if not operations:
-        return None
-    count = len(operations)
-    try:
-        kinds, actions, identifiers = (list(map(get, operations)) for get in _FIELDS[:3])
-        names = list(map(itemgetter("name"), operations))
-        ids = list(map(dict.get, operations, repeat("id"), repeat(_MISSING)))
-        timestamps = list(map(dict.get, operations, repeat("timestamp"), repeat(_MISSING)))
-        data = list(map(dict.get, operations, repeat("attributes"), repeat(_MISSING)))
-    except (TypeError, KeyError):
-        return None
-    if kinds.count("person") != count or actions.count("event") != count:
-        return None
-    people = _batch_people(identifiers)
+    people = _batch_persons(operations, "event")
     if people is None:
         return None
+    try:
+        names = list(map(itemgetter("name"), operations))
+    except KeyError:
+        return None
+    ids = list(map(dict.get, operations, repeat("id"), repeat(_MISSING)))
+    timestamps = list(map(dict.get, operations, repeat("timestamp"), repeat(_MISSING)))
+    data = list(map(dict.get, operations, repeat("attributes"), repeat(_MISSING)))
     # name: a non-empty string of at most MAX_EVENT_NAME_BYTES.
     if set(map(type, names)) != {str} or "" in names:
         return None
@@ -930,18 +934,12 @@ def _relationship_batch(operations: list[Any]) -> _Relationships | None:
     """The people and relationships of a batch whose every operation is a person
     add_relationships that _parse_operation accepts, else None (not proven): as
     _identify_batch, for the batches of `--kind relationships`."""
-    if not operations:
-        return None
-    count = len(operations)
-    try:
-        kinds, actions, identifiers = (list(map(get, operations)) for get in _FIELDS[:3])
-        lists = list(map(itemgetter("cio_relationships"), operations))
-    except (TypeError, KeyError):
-        return None
-    if kinds.count("person") != count or actions.count("add_relationships") != count:
-        return None
-    people = _batch_people(identifiers)
+    people = _batch_persons(operations, "add_relationships")
     if people is None:
+        return None
+    try:
+        lists = list(map(itemgetter("cio_relationships"), operations))
+    except KeyError:
         return None
     # cio_relationships: a non-empty array of objects, each naming an object by
     # object_type_id and object_id (non-empty strings), its attributes valid if given.
