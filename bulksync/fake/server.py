@@ -747,20 +747,26 @@ _EVENT_IDS = re.compile(f"(?:{EVENT_ID.pattern})*")
 _OPTIONAL_TIMESTAMP = frozenset({int, _Missing})  # bool is not int here: type() is exact
 
 
-def _batch_persons(operations: list[Any], action: str) -> list[str] | None:
-    """The person each operation names, if the batch is not empty and every operation is a
-    person `action` naming one as _person accepts (_batch_people), else None (not proven)."""
+def _batch_persons(
+    operations: list[Any], action: str, key: str
+) -> tuple[list[str], list[Any]] | None:
+    """The person each operation names and its `key`'s value, if the batch is not empty and
+    every operation is a person `action` naming one as _person accepts (_batch_people) and
+    holding `key`, else None (not proven)."""
     if not operations:
         return None
     try:
         # TypeError: an operation that is not an object; KeyError: one without these keys.
-        kinds, actions, identifiers = (list(map(get, operations)) for get in _FIELDS)
+        kinds, actions, identifiers, values = (
+            list(map(get, operations)) for get in (*_FIELDS, itemgetter(key))
+        )
     except (TypeError, KeyError):
         return None
     count = len(operations)
     if kinds.count("person") != count or actions.count(action) != count:
         return None
-    return _batch_people(identifiers)
+    people = _batch_people(identifiers)
+    return None if people is None else (people, values)
 
 
 def _batch_people(identifiers: list[Any]) -> list[str] | None:
@@ -835,13 +841,10 @@ def _identify_batch(operations: list[Any]) -> _Identifies | None:
     operation, which finds what is wrong (or what is not an identify). None means only "not
     proven": an identifier given as a number, or attributes left out, take the general path
     too."""
-    people = _batch_persons(operations, "identify")
-    if people is None:
+    found = _batch_persons(operations, "identify", "attributes")
+    if found is None:
         return None
-    try:
-        attributes = list(map(itemgetter("attributes"), operations))
-    except KeyError:
-        return None
+    people, attributes = found
     # attributes: _identify_error's rules.
     names = _batch_attribute_names(attributes)
     if names is None or "" in map(dict.get, attributes, repeat("id")):
@@ -882,13 +885,10 @@ def _event_batch(operations: list[Any]) -> _Events | None:
     _parse_operation accepts (_person, then _event's rules), else None (not proven): as
     _identify_batch, for the batches of `--kind events`. Its `attributes` (the event's data)
     may be left out, as _event allows."""
-    people = _batch_persons(operations, "event")
-    if people is None:
+    found = _batch_persons(operations, "event", "name")
+    if found is None:
         return None
-    try:
-        names = list(map(itemgetter("name"), operations))
-    except KeyError:
-        return None
+    people, names = found
     ids = list(map(dict.get, operations, repeat("id"), repeat(_MISSING)))
     timestamps = list(map(dict.get, operations, repeat("timestamp"), repeat(_MISSING)))
     data = list(map(dict.get, operations, repeat("attributes"), repeat(_MISSING)))
@@ -934,13 +934,10 @@ def _relationship_batch(operations: list[Any]) -> _Relationships | None:
     """The people and relationships of a batch whose every operation is a person
     add_relationships that _parse_operation accepts, else None (not proven): as
     _identify_batch, for the batches of `--kind relationships`."""
-    people = _batch_persons(operations, "add_relationships")
-    if people is None:
+    found = _batch_persons(operations, "add_relationships", "cio_relationships")
+    if found is None:
         return None
-    try:
-        lists = list(map(itemgetter("cio_relationships"), operations))
-    except KeyError:
-        return None
+    people, lists = found
     # cio_relationships: a non-empty array of objects, each naming an object by
     # object_type_id and object_id (non-empty strings), its attributes valid if given.
     if set(map(type, lists)) != {list} or 0 in map(len, lists):
