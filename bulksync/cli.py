@@ -790,6 +790,11 @@ def _start_run(log_file: Path | None, quiet: bool) -> StopHandle:
     # collector's full passes, which a run of millions of rows would otherwise repeat over them,
     # for nearly a tenth of its time.
     gc.freeze()
+    # And collect young objects every 50,000 allocations, not 700: a chunk makes tens of
+    # thousands of rows' dicts at once, all alive until written, which each young collection
+    # walks again only to keep (a 300,000-row batch run spent 0.25 s in the collector, 0.03 s
+    # so). Garbage is freed by reference counting as before; only cycles wait a little longer.
+    gc.set_threshold(50_000, 20, 10)
     return stop
 
 

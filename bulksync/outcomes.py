@@ -86,7 +86,7 @@ class Outcomes:
         bar told once per status."""
         if isinstance(items, UnchangedRows):  # KnownRows' chunk: its lines made at once
             block = unchanged_people_lines(items.rows, items.identifiers)
-            return self._write_many(block, items, ["unchanged"] * len(items))
+            return self._write_many(block, items.rows, items.identifiers, "unchanged")
         try:
             lines, statuses = self._many_lines(items)
         except TypeError:  # orjson cannot serialize a value: fail where one line at a time would
@@ -98,29 +98,31 @@ class Outcomes:
                 else:
                     self.invalid(cast(Rejection, item))
             return
-        self._write_many(lines, items, statuses)
+        rows = [item.row for item in items]
+        self._write_many(lines, rows, [item.identifier for item in items], statuses)
 
     def _write_many(
-        self, lines: bytes | bytearray, items: Sequence[Item], statuses: Sequence[Status]
+        self,
+        lines: bytes | bytearray,
+        rows: Sequence[int],
+        identifiers: Sequence[str | None],
+        statuses: Sequence[Status] | Status,
     ) -> None:
-        """The lines of `items` (with these statuses) in one write; the progress bar told once
-        per status, any other callback once per row."""
-        rows: Sequence[int]
-        identifiers: Sequence[str | None]
-        if isinstance(items, UnchangedRows):
-            rows, identifiers = items.rows, items.identifiers
-        else:
-            rows = [item.row for item in items]
-            identifiers = [item.identifier for item in items]
+        """The lines of these rows (with their identifiers and statuses, or one status for
+        all) in one write; the progress bar told once per status, any other callback once per
+        row."""
         try:
             self.log.write_many(lines, rows, statuses, identifiers)
         except OSError as exc:  # a full disk: one message and exit 3, never a traceback
             raise OutputError.of(exc, self.log.path, "results file") from None
+        if self.progress is no_progress:
+            return
+        each: Sequence[Status] = [statuses] * len(rows) if isinstance(statuses, str) else statuses
         if isinstance(self.progress, ProgressBar):
-            for status, count in Counter(statuses).items():
+            for status, count in Counter(each).items():
                 self.progress.add(status, count)
-        elif self.progress is not no_progress:
-            for status in statuses:
+        else:
+            for status in each:
                 self.progress(status)
 
     def _many_lines(self, items: Sequence[Item]) -> tuple[bytearray, list[Status]]:
@@ -144,9 +146,11 @@ class Outcomes:
         self, records: Sequence[Record], mode: str, http_status: int | None, attempts: int
     ) -> None:
         """`ok` for each of `records` (a batch accepted whole), their lines in one write."""
-        self._write_many(
-            ok_lines(records, mode, http_status, attempts), records, ["ok"] * len(records)
-        )
+        if not records:
+            return
+        lines = ok_lines(records, mode, http_status, attempts)
+        rows, identifiers, _, _ = zip(*records, strict=True)
+        self._write_many(lines, rows, identifiers, "ok")
         if self.state is not None:
             for record in records:
                 self._accepted(record)

@@ -17,6 +17,7 @@ when its process dies, so a killed run never leaves a stale lock behind.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -153,24 +154,27 @@ def unchanged_lines(items: Iterable[Unchanged]) -> bytearray:
 def unchanged_people_lines(rows: Sequence[int], identifiers: Sequence[str]) -> bytes:
     """unchanged_lines() of people's rows (none superseded) given as columns: no tuple per row,
     and every line's end the same."""
-    dumps = orjson.dumps
-    end = _line_end(PEOPLE, "unchanged", None, 0)
-    pairs = zip(rows, identifiers, strict=True)
-    return b"".join([b'{"row":%d,"id":%b%b' % (row, dumps(i), end) for row, i in pairs])
+    return _lines(rows, identifiers, _line_end(PEOPLE, "unchanged", None, 0))
 
 
 def ok_lines(
-    records: Iterable[Record], mode: str, http_status: int | None, attempts: int
-) -> bytearray:
+    records: Sequence[Record], mode: str, http_status: int | None, attempts: int
+) -> bytes | bytearray:
     """The lines of accepted rows, each `outcome_line(row, identifier, "ok", op,
     http_status=http_status, attempts=attempts, mode=mode)`: a batch's thousand at once.
 
     Past the row and the id, every line of a kind is the same: that end is made once, and a
-    line is its start and the end, without a dictionary (a batch run writes one per row)."""
+    batch of one kind (the common one) is made by `_lines`, without a call per row."""
+    rows, identifiers, _, ops = zip(*records, strict=True) if records else ((), (), (), ())
+    kinds = set(ops)
+    if len(kinds) == 1 and REMOVAL_ROW not in rows:
+        return _lines(
+            rows, identifiers, _line_end(kinds.pop(), "ok", http_status, attempts, mode=mode)
+        )
     lines = bytearray()
     dumps = orjson.dumps
     ends: dict[str, bytes] = {}  # op -> what follows the id
-    for row, identifier, _, op in records:
+    for row, identifier, op in zip(rows, identifiers, ops, strict=True):
         if row == REMOVAL_ROW:  # a line with more keys
             lines += outcome_line(
                 row, identifier, "ok", op, http_status=http_status, attempts=attempts, mode=mode
@@ -182,6 +186,18 @@ def ok_lines(
         # The id as orjson writes a string in any line; the row, an int, as orjson writes it.
         lines += b'{"row":%d,"id":%b%b' % (row, dumps(identifier), end)
     return lines
+
+
+def _lines(rows: Sequence[int], identifiers: Sequence[str], end: bytes) -> bytes:
+    """For each row and its identifier, the line `{"row":ROW,"id":IDENTIFIER` + `end`, the id as
+    orjson writes a string and the row as it writes an int: made by one format call for them
+    all, rather than a call per row. The identifiers are serialized together and cut apart
+    where `","` stands: never inside a JSON string, whose own quotes are escaped."""
+    if not rows:
+        return b""
+    quoted = orjson.dumps(identifiers)[2:-2].split(b'","')  # ["a","b"] -> a, b
+    template = (b'{"row":%d,"id":"%b"' + end.replace(b"%", b"%%")) * len(rows)
+    return template % tuple(itertools.chain.from_iterable(zip(rows, quoted, strict=True)))
 
 
 def _line_end(
@@ -471,18 +487,21 @@ class ResultsLog:
         self,
         lines: bytes | bytearray,
         rows: Sequence[int],
-        statuses: Sequence[Status],
+        statuses: Sequence[Status] | Status,
         identifiers: Sequence[str | None],
     ) -> None:
         """`write()` of many outcomes, in order: `lines` holds their lines one after the other,
-        written at once."""
+        written at once; `statuses` is each row's, or one status for every row."""
         self._file.write(lines)
-        if not self._set_run(rows, statuses):
-            for row, status, identifier in zip(rows, statuses, identifiers, strict=True):
-                if row == REMOVAL_ROW:
-                    self.removals[str(identifier)] = status
-                else:
-                    self._set(row, status)
+        if self._set_run(rows, statuses):
+            return
+        if isinstance(statuses, str):
+            statuses = [statuses] * len(rows)
+        for row, status, identifier in zip(rows, statuses, identifiers, strict=True):
+            if row == REMOVAL_ROW:
+                self.removals[str(identifier)] = status
+            else:
+                self._set(row, status)
 
     def finish(self) -> None:
         """Every row of the input has an outcome: say so in the file's last line."""
@@ -514,18 +533,25 @@ class ResultsLog:
         self._status[row] = _CODES[status]
         self.counts[status] += 1
 
-    def _set_run(self, rows: Sequence[int], statuses: Sequence[Status]) -> bool:
+    def _set_run(self, rows: Sequence[int], statuses: Sequence[Status] | Status) -> bool:
         """`_set()` of each row at once, when `rows` are consecutive data rows without an
         outcome yet (a chunk's, in a dry run, which always starts its file over); else False,
         and nothing is set."""
         first, n = (rows[0], len(rows)) if rows else (0, 0)
-        if first < 1 or len(statuses) != n or rows != list(range(first, first + n)):
+        every = statuses if isinstance(statuses, str) else None
+        if every is None and len(statuses) != n:
+            return False
+        if first < 1 or list(rows) != list(range(first, first + n)):
             return False
         end = first + n
         if end > len(self._status):
             self._status.extend(bytes(max(end - len(self._status), len(self._status))))
         if self._status.count(0, first, end) != n:
             return False
+        if every is not None:
+            self._status[first:end] = bytes((_CODES[every],)) * n
+            self.counts[every] += n
+            return True
         codes = bytes(map(_CODES.__getitem__, statuses))
         self._status[first:end] = codes
         for status in dict.fromkeys(statuses):  # in order of first use, as `_set` adds them

@@ -221,6 +221,22 @@ def test_ok_lines_are_outcome_lines(
     assert bytes(ok_lines(records, mode, http_status, attempts)) == expected
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    op=st.sampled_from([PEOPLE, DELETIONS, "merges"]),
+    rows=st.lists(st.tuples(st.integers(1, 10**9), texts), max_size=40),
+    mode=st.sampled_from(["batch", "%s%%", "%d"]),
+)
+def test_ok_lines_of_one_kind(op: str, rows: list[tuple[int, str]], mode: str) -> None:
+    """A batch of one kind and no removal (the common one): its lines made all at once."""
+    records = [Record(row, identifier, {}, op) for row, identifier in rows]
+    expected = b"".join(
+        outcome_line(r.row, r.identifier, "ok", op, http_status=200, attempts=1, mode=mode)
+        for r in records
+    )
+    assert bytes(ok_lines(records, mode, 200, 1)) == expected
+
+
 def test_ok_lines_of_awkward_identifiers() -> None:
     names = ['a"b', "c\\d", "é✓😀", "tab\there", "nul\x00", "%d%b%s", "", "cio_1", "x@y"]
     records = [Record(row, name, {}) for row, name in enumerate(names, start=1)]
