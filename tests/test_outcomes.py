@@ -182,23 +182,40 @@ def test_a_value_json_cannot_hold_fails_after_the_lines_before_it(tmp_path: Path
     assert written(tmp_path / "chunk.jsonl") == written(tmp_path / "one.jsonl")
 
 
-def test_a_batch_accepted_whole_writes_what_ok_writes(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("records", "before"),
+    [
+        # Rows apart, a removal among them: each line and status made one at a time.
+        (
+            [
+                Record(3, "a", {"name": "Zoë"}),
+                Record(4, "b@example.com", {}),
+                Record(REMOVAL_ROW, "gone", {}, DELETIONS),
+                Record(9, "cust/9", {"n": 1}),
+            ],
+            None,
+        ),
+        # The common batch: consecutive rows of one kind, lines and statuses made at once...
+        ([Record(row, f"c{row}", {"n": row}) for row in range(2, 9)], None),
+        # ...unless a row already has an outcome (a resumed run): its count moves to "ok".
+        ([Record(row, f'q"{row}', {}) for row in range(2, 9)], 5),
+    ],
+)
+def test_a_batch_accepted_whole_writes_what_ok_writes(
+    tmp_path: Path, records: list[Record], before: int | None
+) -> None:
     """all_ok(): a batch's thousand accepted rows at once, as ok() writes each, the diff state
     told of each."""
     from bulksync.state import StateStore
 
-    records = [
-        Record(3, "a", {"name": "Zoë"}),
-        Record(4, "b@example.com", {}),
-        Record(REMOVAL_ROW, "gone", {}, DELETIONS),
-        Record(9, "cust/9", {"n": 1}),
-    ]
     results = {}
     for how in ("one", "all"):
         with (
             open_log(tmp_path / f"{how}.jsonl") as log,
             StateStore(tmp_path / f"{how}.db", input_name="in.csv") as store,
         ):
+            if before is not None:
+                log.write(before, "failed", b"x\n")
             heard: list[Status] = []
             outcomes = Outcomes(log, heard.append, store)
             if how == "one":
@@ -207,11 +224,12 @@ def test_a_batch_accepted_whole_writes_what_ok_writes(tmp_path: Path) -> None:
             else:
                 outcomes.all_ok(records, "batch", 200, 2)
             outcomes.flush()
-            known = store.last_hashes(["a", "b@example.com", "cust/9"])
-            results[how] = (state(log, 10), heard, known)
+            people = [r.identifier for r in records if r.row != REMOVAL_ROW]
+            results[how] = (state(log, 10), heard, store.last_hashes(people))
     assert written(tmp_path / "all.jsonl") == written(tmp_path / "one.jsonl")
     assert results["all"] == results["one"]
-    assert len(results["all"][2]) == 3
+    assert len(results["all"][2]) == len(people)
+    assert heard.count("ok") == len(records)
 
 
 @settings(max_examples=80, deadline=None)

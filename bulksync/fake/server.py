@@ -30,7 +30,8 @@ sends most, takes a fast path (`_identify_batch`), and so does one of person eve
 whole (`_fast_batch`), it is kept as the bytes received and applied to the workspace in its turn
 when something first reads it (`_settled`). The simulator's own routes, not recorded:
 
-    GET /_fake/stats        requests, statuses, peak per second, accepted payloads and operations
+    GET /_fake/stats        requests, statuses, peak per second, accepted payloads and operations,
+                            the simulator's CPU seconds
     GET /_fake/accepted     identifier -> attributes accepted by person identify, in order
     GET /_fake/workspace    what the workspace holds (counts)
     GET /_fake/people/{id}  one person as the workspace holds them (404 if never named)
@@ -1189,6 +1190,9 @@ class FakeTrackAPI:
             "accepted": self._operations["person identify"],
             "span_seconds": max(times) - min(times) if times else 0.0,
             "operations": {name: self._operations[name] for name in OPERATIONS},
+            # The CPU the simulator's process has spent: in a process of its own, what
+            # answering cost it (benchmarks compare it with what the client spent).
+            "cpu_seconds": time.process_time(),
         }
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
