@@ -199,8 +199,8 @@ class Outcomes:
             mode=mode,
         )
         self._write(record.row, "failed", line, record.identifier)
-        if self.state is not None:
-            self.state.unsent(record.row)
+        if self.state is not None and (key := state_key(record)) is not None:
+            self.state.unsent(key, record.row)
 
     def flush(self) -> None:
         """The results file first, then the state's acceptances: a crash between the two can

@@ -24,6 +24,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -112,6 +113,8 @@ class StateStore:
         # row -> its rowhash, for the rows being sent: stored with the payload once accepted.
         self._raws: dict[int, tuple[int, int]] = {}
         self._removed: list[str] = []
+        # identifier -> its rows marked sending and not answered yet (mark_sending): usually one
+        self._sending: Counter[str] = Counter()
         self._seen: list[npt.NDArray[np.int64]] = []  # hashes of this run's identifiers (see())
         self.accepted = 0
         self._run = (
@@ -180,8 +183,10 @@ class StateStore:
             self._db.execute("COMMIT")
 
     def mark_sending(self, identifiers: Iterable[str]) -> None:
-        """These identifiers are about to be sent: until their acceptance is recorded, a later
-        run must not take their old hash (nor their old row) for what Customer.io holds."""
+        """These identifiers are about to be sent (one for each row): until their acceptance is
+        recorded, a later run must not take their old hash (nor their old row) for what
+        Customer.io holds."""
+        identifiers = list(identifiers)
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany(
@@ -189,24 +194,42 @@ class StateStore:
                 ((i,) for i in identifiers),
             )
             self._db.execute("COMMIT")
+            self._sending.update(identifiers)
 
     def sending_rows(self, raws: dict[int, tuple[int, int]]) -> None:
         """row -> its rowhash, for rows about to be sent: kept with their payload's hash once
         accepted (record_accepted)."""
         self._raws.update(raws)
 
-    def unsent(self, row: int) -> None:
+    def unsent(self, identifier: str, row: int) -> None:
         """The row failed: its rowhash is not needed."""
         self._raws.pop(row, None)
+        self._answered(identifier)
 
     def record_accepted(
         self, identifier: str, attributes: dict[str, Any], kind: str, row: int | None = None
     ) -> None:
-        """Customer.io accepted this payload (of input row `row`); written by the next flush()."""
+        """Customer.io accepted this payload (of input row `row`); written by the next flush().
+
+        Unless a later row of the same identifier is still to be answered (a person twice in a
+        run that was not read ahead, from standard input say): that one is sent next, and a
+        crash while it is in flight would leave Customer.io holding either payload. The
+        acceptance is then written with an empty hash, as mark_sending left it, and the later
+        row's own acceptance says what Customer.io holds."""
         raw1, raw2 = self._raws.pop(row, (None, None)) if row is not None else (None, None)
-        self._pending.append(
-            (identifier, payload_hash(attributes), int(time.time()), kind, raw1, raw2)
-        )
+        settled = self._answered(identifier)
+        digest = payload_hash(attributes) if settled else b""
+        if not settled:
+            raw1 = raw2 = None
+        self._pending.append((identifier, digest, int(time.time()), kind, raw1, raw2))
+
+    def _answered(self, identifier: str) -> bool:
+        """One row of `identifier` marked sending has its answer: is it the last one?"""
+        with self._lock:
+            left = self._sending.pop(identifier, 1) - 1  # one never marked: its last too
+            if left > 0:
+                self._sending[identifier] = left
+        return left <= 0
 
     def record_removed(self, identifier: str) -> None:
         """Customer.io accepted this person's removal: forgotten by the next flush()."""

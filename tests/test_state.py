@@ -338,6 +338,69 @@ def test_edit_reverted_after_a_kill_is_sent(api_env: ServerThread, tmp_path: Pat
     assert stale == [], f"{len(stale)} rows left with day 2's values in Customer.io"
 
 
+@pytest.mark.parametrize("mode", ["single", "batch"])
+def test_a_persons_first_row_accepted_while_a_later_row_is_in_flight_is_not_their_state(
+    api_env: ServerThread, tmp_path: Path, mode: str
+) -> None:
+    """A person twice in one run (from standard input, which cannot be read ahead for repeats:
+    both rows are sent, in order). Once the first row is accepted, the second is sent; a crash
+    while it is in flight leaves Customer.io with either row's payload. So the state must not
+    say the first one: the next night would skip a row holding the first row's values as
+    unchanged, and leave the second's in Customer.io. It says the second once that is
+    accepted."""
+    fake = api_env.fake
+    source = write_csv(tmp_path / "in.csv", [{"id": "x", "plan": "a"}, {"id": "x", "plan": "b"}])
+    state, out = tmp_path / "s.db", tmp_path / "out.jsonl"
+    fake.config.latency = 1.5  # the second row's request, in flight while the state is read
+    command = [sys.executable, "-m", "bulksync", "sync", "-", "--state", str(state)]
+    command += ["--results", str(out), "--rate", "0", "--quiet"]
+    command += ["--batch", "--batch-size", "10"] if mode == "batch" else []
+    with source.open("rb") as stdin:
+        proc = subprocess.Popen(command, env=env_for(api_env), cwd=ROOT, stdin=stdin)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(line["status"] == "ok" for line in complete_lines(out)):
+            assert proc.poll() is None and time.monotonic() < deadline, "row 1 never accepted"
+            time.sleep(0.01)
+        time.sleep(0.3)  # the state's flush follows the results file's at once
+        assert proc.poll() is None, "the second row was answered already"
+        with contextlib.closing(sqlite3.connect(state)) as db:
+            ((held,),) = db.execute("SELECT hash FROM state WHERE identifier = 'x'").fetchall()
+        assert held != payload_hash({"id": "x", "plan": "a"})
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert [payload["plan"] for payload in fake.accepted()["x"]] == ["a", "b"]
+    with StateStore(state) as store:
+        assert store.last_hashes(["x"]) == {"x": payload_hash({"id": "x", "plan": "b"})}
+
+
+def test_an_identifiers_acceptance_counts_once_its_last_row_sent_is_answered(
+    tmp_path: Path,
+) -> None:
+    """The state's own account: rows marked sending, then each answered, accepted or failed.
+    The hash of an acceptance is written only when no other row of the identifier is still
+    to be answered."""
+    a, b = {"plan": "a"}, {"plan": "b"}
+    with StateStore(tmp_path / "s.db") as store:
+        store.mark_sending(["x", "x", "y", "z", "z"])
+        store.record_accepted("x", a, "people", 1)
+        store.record_accepted("y", a, "people", 2)
+        store.record_accepted("z", a, "people", 3)
+        store.flush()
+        assert store.last_hashes(["x", "y", "z"]) == {"x": b"", "y": payload_hash(a), "z": b""}
+        store.record_accepted("x", b, "people", 4)  # the last row of x: what x now holds
+        store.unsent("z", 5)  # refused: z holds the first row's payload, or the one before
+        store.flush()
+        assert store.last_hashes(["x", "z"]) == {"x": payload_hash(b), "z": b""}
+        store.mark_sending(["z"])  # a run later: z alone
+        store.record_accepted("z", b, "people", 1)
+        store.flush()
+        assert store.last_hashes(["z"]) == {"z": payload_hash(b)}
+
+
 # --- failures and acceptance ------------------------------------------------------------------
 
 
