@@ -202,7 +202,7 @@ class StateStore:
         self._raws.update(raws)
 
     def unsent(self, identifier: str, row: int) -> None:
-        """The row failed: its rowhash is not needed."""
+        """The row failed: its rowhash is not needed, and it is answered (record_accepted)."""
         self._raws.pop(row, None)
         self._answered(identifier)
 
