@@ -257,10 +257,6 @@ class Sender:
         self._last_job.update(dict.fromkeys(identifiers, done))
         return _Part(job, list(earlier), done)
 
-    def _release_all(self, parts: _Queued) -> None:
-        for part in parts:
-            self._release(part)
-
     def _release(self, part: _Part) -> None:
         if part.done.done():
             return
@@ -277,7 +273,8 @@ class Sender:
             try:
                 await self._send_in_order(parts)
             finally:
-                self._release_all(parts)
+                for part in parts:
+                    self._release(part)
             # Waiting for the next job, a worker must not keep the rows of its last one alive:
             # with 64 workers, 64 batches' rows, which every full pass of the garbage collector
             # would walk again.

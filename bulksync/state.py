@@ -217,10 +217,10 @@ class StateStore:
         acceptance is then written with an empty hash, as mark_sending left it, and the later
         row's own acceptance says what Customer.io holds."""
         raw1, raw2 = self._raws.pop(row, (None, None)) if row is not None else (None, None)
-        settled = self._answered(identifier)
-        digest = payload_hash(attributes) if settled else b""
-        if not settled:
-            raw1 = raw2 = None
+        if self._answered(identifier):
+            digest = payload_hash(attributes)
+        else:  # a later row of it is still to be answered: in flight, as mark_sending left it
+            digest, raw1, raw2 = b"", None, None
         self._pending.append((identifier, digest, int(time.time()), kind, raw1, raw2))
 
     def _answered(self, identifier: str) -> bool:
@@ -330,9 +330,10 @@ class StateStore:
                 continue
             # By binary search (seen is sorted), in sorted order: np.isin hashes both arrays.
             order = np.argsort(hashes)
-            at = np.minimum(np.searchsorted(seen, hashes[order]), len(seen) - 1)
+            ordered = hashes[order]
+            at = np.minimum(np.searchsorted(seen, ordered), len(seen) - 1)
             gone = np.empty(len(names), dtype=bool)
-            gone[order] = seen[at] != hashes[order]
+            gone[order] = seen[at] != ordered
             yield names, gone
 
     def _seen_once(self) -> npt.NDArray[np.int64]:
