@@ -257,6 +257,12 @@ class Sender:
         self._last_job.update(dict.fromkeys(identifiers, done))
         return _Part(job, list(earlier), done)
 
+    def _release_all(self, parts: _Queued) -> None:
+        # A method, not a loop in _work: the loop's variable would keep the last part (and its
+        # rows) alive in the worker while it waits for the next job.
+        for part in parts:
+            self._release(part)
+
     def _release(self, part: _Part) -> None:
         if part.done.done():
             return
@@ -273,8 +279,7 @@ class Sender:
             try:
                 await self._send_in_order(parts)
             finally:
-                for part in parts:
-                    self._release(part)
+                self._release_all(parts)
             # Waiting for the next job, a worker must not keep the rows of its last one alive:
             # with 64 workers, 64 batches' rows, which every full pass of the garbage collector
             # would walk again.
